@@ -1,0 +1,138 @@
+"""Exemplar Normalization (Zhang et al., CVPR 2020), EN_SPEC.md."""
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .mixed_norm import _MixedNorm
+from .ratio_branch import exemplar_ratios_reference
+
+
+class ExemplarNorm2d(_MixedNorm):
+    r"""Exemplar Normalization over a 4-D input (paper Eq. 3).
+
+    Every sample n mixes K normalizers (IN, LN, BN by default) with its own ratios
+    :math:`\lambda_n`, computed from its features by a small sub-network (paper Sec. 3.3):
+
+    .. math::
+        y_n = \sum_k \gamma_k \lambda_{nk} \frac{x_n - \mu^k}{\sqrt{\sigma^{2,k} + \epsilon}}
+              + \beta_k
+
+    The sum is folded into one affine map per (n, c), ``y = A * x + B``, so X is read once
+    for statistics and once for the output, as in BatchNorm; no K normalized copies of X
+    are made. Statistics, ratios, A and B are float32 (or float64 for a float64 input),
+    also under autocast; y has the input's dtype. Gradients flow through the statistics
+    and the ratio branch. The BN member keeps ``running_mean`` / ``running_var`` exactly
+    like ``nn.BatchNorm2d`` and uses them in evaluation, in the ratio branch too.
+
+    Args:
+        num_features: C from an expected input of size (N, C, H, W).
+        eps: added to every variance. Default: 1e-5.
+        momentum: running-statistics momentum; ``None`` for a cumulative average.
+            Default: 0.1.
+        normalizers: the pool of K distinct names from ('IN', 'LN', 'BN').
+            Default: ('IN', 'LN', 'BN').
+        reduction: r, channels per group of the ratio branch's grouped convolution, which
+            maps C to C / r channels with exactly C weights; ``min(r, C)`` is used.
+            Default: 32 (the paper's ResNet50 value).
+        pi: π, the hidden width of the ratio branch is π·K. Default: 50.
+        track_running_stats: keep running statistics for evaluation. Default: True.
+
+    Attributes:
+        weight: γ, (K, C), initialised to 1.   bias: β, (K, C), initialised to 0.
+        ratio_conv, ratio_fc1, ratio_fc2: the ratio branch (Conv1d C→C/r, Linear K²→πK,
+            Linear πK→K). ``ratio_fc2`` and ``ratio_fc1.bias`` start at 0 so every ratio
+            starts at 1/K (paper Sec. 4.6).
+        last_ratios: (N, K) float32 ratios λ of the latest forward, detached; ``None``
+            before the first forward.
+
+    Shape:
+        Input (N, C, H, W) floating point; output the same shape and dtype. N = 1 and
+        H·W = 1 are allowed and stay finite.
+
+    Raises:
+        ValueError: at construction, for C not divisible by r, a bad pool or non-positive
+            sizes; in forward, for an input that is not 4-D, has other than
+            ``num_features`` channels, or is empty.
+        TypeError: in forward, for an integer or boolean input.
+
+    A plain BatchNorm state dict loads: its (C,) weight becomes every γ_k and its bias is
+    split evenly, β_k = β / K, so the layer starts as the BatchNorm it replaces up to the
+    choice of statistics; the ratio branch keeps its initialisation.
+    """
+
+    # mmcv's build_norm_layer names the layer bn1, bn2, ... so ResNet keys stay those of
+    # ImageNet-pretrained BatchNorm checkpoints.
+    _abbr_ = 'bn'
+
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1,
+                 normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
+                 reduction: int = 32,
+                 pi: int = 50,
+                 track_running_stats: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, track_running_stats, normalizers)
+        if reduction <= 0 or pi <= 0:
+            raise ValueError(f'reduction and pi must be positive, got reduction={reduction},'
+                             f' pi={pi}')
+        self.reduction = min(reduction, num_features)
+        if num_features % self.reduction:
+            raise ValueError(
+                f'num_features={num_features} is not divisible by reduction={reduction}; '
+                'the grouped convolution of the ratio branch needs C / r groups of r '
+                'channels: choose a reduction that divides num_features')
+        self.pi = pi
+        k = self.num_normalizers
+        self.weight = nn.Parameter(torch.empty(k, num_features))
+        self.bias = nn.Parameter(torch.empty(k, num_features))
+        groups = num_features // self.reduction
+        self.ratio_conv = nn.Conv1d(num_features, groups, 1, groups=groups, bias=False)
+        self.ratio_fc1 = nn.Linear(k * k, pi * k)
+        self.ratio_fc2 = nn.Linear(pi * k, k)
+        self.last_ratios: Optional[Tensor] = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+        self.ratio_conv.reset_parameters()
+        self.ratio_fc1.reset_parameters()
+        nn.init.zeros_(self.ratio_fc1.bias)
+        nn.init.zeros_(self.ratio_fc2.weight)
+        nn.init.zeros_(self.ratio_fc2.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        with torch.autocast(x.device.type, enabled=False):
+            pooled, means, variances = self._statistics(x)
+            rstds = torch.rsqrt(variances + self.eps)
+            ratios = self._ratios(pooled, means, rstds)
+            self.last_ratios = ratios.detach().float()
+            # Eq. 3 as y = A x + B: A = Σ_k γ_k λ_k rstd_k, B = Σ_k β_k - Σ_k γ_k λ_k rstd_k μ_k
+            gain = ratios.unsqueeze(2) * self.weight.to(rstds.dtype) * rstds  # (N, K, C)
+            scale = gain.sum(1)
+            shift = self.bias.to(rstds.dtype).sum(0) - (gain * means).sum(1)
+            y = torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+        return y.to(x.dtype)
+
+    def _ratios(self, pooled: Tensor, means: Tensor, rstds: Tensor) -> Tensor:
+        dtype = pooled.dtype
+        return exemplar_ratios_reference(
+            pooled, means, rstds, self.ratio_conv.weight.to(dtype),
+            self.ratio_fc1.weight.to(dtype), self.ratio_fc1.bias.to(dtype),
+            self.ratio_fc2.weight.to(dtype), self.ratio_fc2.bias.to(dtype))
+
+    def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
+        k = self.num_normalizers
+        own = {'weight': weight.unsqueeze(0).repeat(k, 1)}
+        if bias is not None:
+            own['bias'] = (bias / k).unsqueeze(0).repeat(k, 1)
+        return own
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
+                f'normalizers={self.normalizers}, reduction={self.reduction}, pi={self.pi}, '
+                f'track_running_stats={self.track_running_stats}')

@@ -1,0 +1,158 @@
+"""What every layer that mixes IN / LN / BN statistics shares.
+
+Input checks, the running statistics of the BN member (kept exactly like
+``torch.nn.BatchNorm2d``), the per-normalizer statistics of a batch (EN_SPEC.md,
+"Statistics") and the loading of plain BatchNorm checkpoints.
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .statistics import channel_moments, check_normalizers, merge_moments
+
+
+class _MixedNorm(nn.Module):
+    """Base of :class:`ExemplarNorm2d` and :class:`SwitchableNorm2d`.
+
+    Args:
+        num_features: C, the channel count of the (N, C, H, W) input.
+        eps: added to every variance before the square root. Default: 1e-5.
+        momentum: running-statistics momentum as in ``nn.BatchNorm2d``; ``None`` keeps a
+            cumulative average. Default: 0.1.
+        track_running_stats: keep ``running_mean`` / ``running_var`` for evaluation, as
+            ``nn.BatchNorm2d`` does. Default: True.
+        normalizers: the pool, a sequence of distinct names from ('IN', 'LN', 'BN').
+            Default: ('IN', 'LN', 'BN').
+
+    Raises:
+        ValueError: non-positive ``num_features``, ``eps`` or a bad ``normalizers`` pool.
+    """
+
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1,
+                 track_running_stats: bool = True,
+                 normalizers: Sequence[str] = ('IN', 'LN', 'BN')) -> None:
+        super().__init__()
+        if not isinstance(num_features, int) or num_features <= 0:
+            raise ValueError(f'num_features must be a positive int, got {num_features!r}')
+        if eps <= 0:
+            raise ValueError(f'eps must be positive to keep the division finite, got {eps}')
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.track_running_stats = track_running_stats
+        self.normalizers = check_normalizers(normalizers)
+        if track_running_stats:
+            self.register_buffer('running_mean', torch.zeros(num_features))
+            self.register_buffer('running_var', torch.ones(num_features))
+            self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer('running_mean', None)
+            self.register_buffer('running_var', None)
+            self.register_buffer('num_batches_tracked', None)
+
+    @property
+    def num_normalizers(self) -> int:
+        """K, the size of the normalizer pool."""
+        return len(self.normalizers)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f'{type(self).__name__} expects a 4-D (N, C, H, W) input, got '
+                             f'a {x.dim()}-D input of shape {tuple(x.shape)}')
+        if x.shape[1] != self.num_features:
+            raise ValueError(f'{type(self).__name__} was built for num_features='
+                             f'{self.num_features} channels, got an input of shape '
+                             f'{tuple(x.shape)} with {x.shape[1]} channels')
+        if not x.is_floating_point():
+            raise TypeError(f'{type(self).__name__} expects a floating-point input, got '
+                            f'{x.dtype}; convert it first, e.g. x.float()')
+        if x.numel() == 0:
+            raise ValueError(f'{type(self).__name__} got an empty input of shape '
+                             f'{tuple(x.shape)}')
+
+    def _uses_batch_bn_stats(self) -> bool:
+        # Same rule as nn.BatchNorm2d: batch statistics in training, or always when no
+        # running statistics are kept.
+        return self.training or not self.track_running_stats
+
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
+        """Fold a batch's BN statistics (C,) into the running ones like nn.BatchNorm2d."""
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked)
+        else:
+            factor = self.momentum
+        # BatchNorm2d stores the unbiased variance; with a single value per channel it is
+        # undefined, and we keep the biased one (0) rather than an infinity.
+        unbiased = var * (count / (count - 1)) if count > 1 else var
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+    def _statistics(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Moments of x and every normalizer's statistics, in float32 or better.
+
+        Args:
+            x: (N, C, H, W) floating input (checked).
+
+        Returns:
+            ``(pooled, means, variances)``: pooled is (N, C), the per-(n, c) mean, which
+            is also the ratio branch's average-pooled input; means and variances are
+            (N, K, C), normalizer k's statistics broadcast to every (n, c).
+        """
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        pooled, var = channel_moments(x)
+        n, c = pooled.shape
+        means, variances = [], []
+        for name in self.normalizers:
+            if name == 'IN':
+                mean_k, var_k = pooled, var
+            elif name == 'LN':
+                mean_k, var_k = merge_moments(pooled, var, dim=1)
+            elif self._uses_batch_bn_stats():
+                mean_k, var_k = merge_moments(pooled, var, dim=0)
+                if self.training and self.track_running_stats:
+                    with torch.no_grad():
+                        self._update_running_stats(mean_k[0], var_k[0],
+                                                   n * x.shape[2] * x.shape[3])
+            else:
+                mean_k = self.running_mean.to(pooled.dtype)[None]
+                var_k = self.running_var.to(pooled.dtype)[None]
+            means.append(mean_k.expand(n, c))
+            variances.append(var_k.expand(n, c))
+        return pooled, torch.stack(means, 1), torch.stack(variances, 1)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args,
+                              **kwargs) -> None:
+        if (prefix + 'weight') in state_dict and state_dict[prefix + 'weight'].dim() == 1:
+            self._convert_batchnorm_state(state_dict, prefix)
+        if self.track_running_stats and prefix + 'num_batches_tracked' not in state_dict:
+            # Checkpoints older than BatchNorm's num_batches_tracked lack the key.
+            state_dict[prefix + 'num_batches_tracked'] = torch.tensor(0, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _convert_batchnorm_state(self, state_dict: Dict[str, Tensor], prefix: str) -> None:
+        """Rewrite a BatchNorm layer's entries (C,) into this layer's form, in place.
+
+        Entries this layer has and BatchNorm lacks keep their current values, so a plain
+        BatchNorm checkpoint loads even with ``strict=True``.
+        """
+        for name, tensor in self._batchnorm_to_own(state_dict[prefix + 'weight'],
+                                                   state_dict.get(prefix + 'bias')).items():
+            state_dict[prefix + name] = tensor
+        own = dict(self.named_parameters(recurse=True))
+        for name, param in own.items():
+            state_dict.setdefault(prefix + name, param.detach().clone())
+
+    def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
+        """Map BatchNorm's (C,) weight and bias to this layer's affine parameters."""
+        raise NotImplementedError
