@@ -1,0 +1,215 @@
+"""ExemplarNorm2d against the paper (EN_SPEC.md) and against nn.BatchNorm2d."""
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from en_seg.models import ExemplarNorm2d
+from reference import exemplar_norm
+
+torch.set_printoptions(precision=10)
+
+
+def randomized(layer, seed=0):
+    """Move every parameter and the running statistics off their initial values, so the
+    ratios differ per sample and per normalizer."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype))
+        layer.running_mean.copy_(torch.randn(layer.num_features, generator=gen))
+        layer.running_var.copy_(torch.rand(layer.num_features, generator=gen) + 0.5)
+    return layer
+
+
+SHAPES = [(4, 64, 7, 5), (2, 32, 1, 1), (1, 64, 6, 6), (1, 32, 1, 1), (3, 8, 4, 3)]
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('training', [True, False])
+def test_forward_equals_literal_reference(shape, training):
+    layer = randomized(ExemplarNorm2d(shape[1], reduction=8).double()).train(training)
+    x = torch.randn(shape, dtype=torch.float64) * 3 + 1
+    expected, expected_ratios = exemplar_norm(x, layer, use_running_bn=not training)
+    y = layer(x)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.last_ratios, expected_ratios.float())
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize('normalizers', [('IN', 'LN', 'BN'), ('BN', 'IN'), ('LN',)])
+def test_any_normalizer_pool_matches_reference(normalizers):
+    layer = randomized(ExemplarNorm2d(16, normalizers=normalizers, reduction=4).double())
+    x = torch.randn(3, 16, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), exemplar_norm(x, layer)[0], rtol=1e-10,
+                               atol=1e-10)
+
+
+def test_large_offset_input_has_no_cancellation():
+    # E[x²] - E[x]² would lose every digit of a variance of 1 at an offset of 1e4 in fp32.
+    layer = ExemplarNorm2d(32)
+    x = torch.randn(2, 32, 16, 16) + 1e4
+    reference = exemplar_norm(x.double(), layer.double())[0]
+    torch.testing.assert_close(layer.float()(x).double(), reference, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_gradcheck_through_statistics_and_ratio_branch(training):
+    layer = randomized(ExemplarNorm2d(8, reduction=4).double(), seed=1).train(training)
+    names = [name for name, _ in layer.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+    x = torch.randn(3, 8, 3, 2, dtype=torch.float64, requires_grad=True)
+
+    def run(x, *params):
+        return functional_call(layer, dict(zip(names, params)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+
+
+@pytest.mark.parametrize('momentum', [0.1, 0.3, None])
+def test_running_statistics_follow_batchnorm(momentum):
+    layer = ExemplarNorm2d(16, momentum=momentum)
+    bn = nn.BatchNorm2d(16, momentum=momentum)
+    for step in range(4):
+        x = torch.randn(3, 16, 5, 5) * (step + 1) + step
+        layer(x)
+        bn(x)
+    torch.testing.assert_close(layer.running_mean, bn.running_mean)
+    torch.testing.assert_close(layer.running_var, bn.running_var)
+    assert layer.num_batches_tracked == bn.num_batches_tracked == 4
+
+
+def test_evaluation_uses_running_statistics_and_keeps_them():
+    layer = randomized(ExemplarNorm2d(16)).eval()
+    before = layer.running_mean.clone()
+    x = torch.randn(2, 16, 4, 4)
+    y_eval = layer(x)
+    assert torch.equal(before, layer.running_mean)
+    assert not torch.allclose(y_eval, layer.train()(x))
+
+
+def test_ratios_start_uniform_and_sum_to_one():
+    layer = ExemplarNorm2d(64)
+    assert layer.last_ratios is None
+    layer(torch.randn(5, 64, 3, 3))
+    torch.testing.assert_close(layer.last_ratios, torch.full((5, 3), 1 / 3))
+    randomized(layer)(torch.randn(5, 64, 3, 3))
+    ratios = layer.last_ratios
+    assert ratios.dtype == torch.float32 and not ratios.requires_grad
+    torch.testing.assert_close(ratios.sum(1), torch.ones(5))
+    assert ratios.std(0).max() > 1e-3, 'ratios should differ between samples'
+
+
+def test_initialisation_gives_every_branch_weight_a_gradient_path():
+    layer = ExemplarNorm2d(32)
+    assert torch.count_nonzero(layer.ratio_fc2.weight) == 0
+    assert torch.count_nonzero(layer.ratio_fc1.weight) > 0
+    assert torch.count_nonzero(layer.ratio_conv.weight) > 0
+    torch.testing.assert_close(layer.weight, torch.ones(3, 32))
+    layer(torch.randn(4, 32, 3, 3)).pow(2).sum().backward()
+    assert layer.ratio_fc2.weight.grad.abs().sum() > 0
+
+
+def test_state_dict_keys_shapes_and_round_trip():
+    layer = randomized(ExemplarNorm2d(64, reduction=32, pi=50))
+    shapes = {key: tuple(value.shape) for key, value in layer.state_dict().items()}
+    assert shapes == {
+        'weight': (3, 64), 'bias': (3, 64), 'running_mean': (64,), 'running_var': (64,),
+        'num_batches_tracked': (), 'ratio_conv.weight': (2, 32, 1),
+        'ratio_fc1.weight': (150, 9), 'ratio_fc1.bias': (150,),
+        'ratio_fc2.weight': (3, 150), 'ratio_fc2.bias': (3,)}
+    copy = ExemplarNorm2d(64)
+    copy.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 64, 3, 3)
+    torch.testing.assert_close(copy.eval()(x), layer.eval()(x), rtol=0, atol=0)
+
+
+def test_parameter_count_matches_table_1():
+    c, k, pi = 256, 3, 50
+    layer = ExemplarNorm2d(c, pi=pi)
+    psi = pi * k * k * k + pi * k + k * pi * k + k
+    assert sum(p.numel() for p in layer.parameters()) == 2 * k * c + c + psi
+
+
+def test_batchnorm_state_dict_loads_strictly():
+    bn = nn.BatchNorm2d(32)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    bn(torch.randn(4, 32, 5, 5) * 2 + 1)
+    layer = ExemplarNorm2d(32)
+    init_branch = layer.ratio_fc1.weight.clone()
+    layer.load_state_dict(bn.state_dict(), strict=True)
+    torch.testing.assert_close(layer.weight, bn.weight.detach().expand(3, 32))
+    torch.testing.assert_close(layer.bias.sum(0), bn.bias.detach())
+    torch.testing.assert_close(layer.running_var, bn.running_var)
+    assert torch.equal(layer.ratio_fc1.weight, init_branch)
+
+
+def test_batchnorm_checkpoint_into_bn_only_exemplar_norm_reproduces_batchnorm():
+    bn = nn.BatchNorm2d(16)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    bn(torch.randn(4, 16, 5, 5) * 3 - 2)
+    layer = ExemplarNorm2d(16, normalizers=('BN',))
+    layer.load_state_dict(bn.state_dict())
+    x = torch.randn(3, 16, 4, 4)
+    torch.testing.assert_close(layer.eval()(x), bn.eval()(x))
+    torch.testing.assert_close(layer.train()(x), bn.train()(x))
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_statistics_in_float32(dtype):
+    layer = randomized(ExemplarNorm2d(32))
+    x = torch.randn(2, 32, 8, 8) * 4 + 3
+    reference = exemplar_norm(x.to(dtype).double(), layer.double())[0]
+    y = layer.float()(x.to(dtype))
+    assert y.dtype == dtype
+    assert layer.last_ratios.dtype == torch.float32
+    torch.testing.assert_close(y.double(), reference, rtol=2e-2, atol=5e-2)
+
+
+def test_autocast_output_keeps_input_dtype():
+    layer = randomized(ExemplarNorm2d(32))
+    x = torch.randn(2, 32, 8, 8).bfloat16()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+
+
+def test_single_value_per_channel_stays_finite_in_training():
+    layer = randomized(ExemplarNorm2d(32))
+    x = torch.randn(1, 32, 1, 1, requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert torch.isfinite(layer.running_var).all()
+
+
+@pytest.mark.parametrize('x, error, match', [
+    (torch.randn(2, 32, 4), ValueError, '4-D'),
+    (torch.randn(2, 16, 4, 4), ValueError, 'num_features=32'),
+    (torch.ones(2, 32, 4, 4, dtype=torch.long), TypeError, 'floating-point'),
+    (torch.randn(0, 32, 4, 4), ValueError, 'empty'),
+])
+def test_bad_input_is_rejected_with_a_clear_message(x, error, match):
+    with pytest.raises(error, match=match):
+        ExemplarNorm2d(32)(x)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_features=48, reduction=32), 'num_features=48 is not divisible by reduction=32'),
+    (dict(num_features=32, normalizers=('IN', 'GN')), "unknown normalizer.*'GN'"),
+    (dict(num_features=32, normalizers=()), 'at least one'),
+    (dict(num_features=32, normalizers=('IN', 'IN')), 'repeats'),
+    (dict(num_features=0), 'positive'),
+])
+def test_bad_configuration_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ExemplarNorm2d(**kwargs)
+
+
+def test_small_channel_count_uses_r_equal_to_c():
+    layer = ExemplarNorm2d(16, reduction=32)
+    assert layer.reduction == 16 and layer.ratio_conv.weight.shape == (1, 16, 1)

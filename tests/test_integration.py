@@ -1,0 +1,64 @@
+"""The real tools on tiny generated datasets: train, checkpoint, reload, evaluate."""
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def run(command, env=None, check=True):
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, 'PYTHON': sys.executable, **(env or {})})
+    if check and result.returncode != 0:
+        pytest.fail(f'{command} failed ({result.returncode}):\n{result.stdout[-4000:]}\n'
+                    f'{result.stderr[-6000:]}')
+    return result
+
+
+def table_rows(output):
+    """The rows of the metrics table printed by tools/test.py, by metric name."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip('|').split('|')]
+        if len(cells) >= 2 and line.startswith('|'):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.parametrize('dataset', ['ade20k', 'cityscapes'])
+def test_train_then_single_and_multi_scale_test(tmp_path, dataset):
+    result = run(['bash', 'tools/demo.sh'],
+                 env=dict(DATASET=dataset, ITERS='2', ROOT=str(tmp_path)))
+    work = tmp_path / 'work_dirs' / 'demo' / dataset
+    assert (work / 'iter_2.pth').is_file()
+    rows = table_rows(result.stdout)
+    assert rows['metric (%)'] == ['single-scale', 'multi-scale+flip']
+    for metric in ('aAcc', 'mIoU', 'mAcc'):
+        values = [float(v) for v in rows[metric]]
+        assert all(0 <= v <= 100 for v in values), rows[metric]
+    per_class = [name for name in rows if name.startswith('IoU ')]
+    assert len(per_class) == (150 if dataset == 'ade20k' else 19)
+    assert re.search(r'Load checkpoint from .*iter_2\.pth', result.stdout + result.stderr)
+
+    # A second run without --resume must not overwrite the first run's checkpoints.
+    config = 'configs/exemplar_norm/deeplabv3_r50-d8_en_8xb2-80k_ade20k-512x512.py'
+    again = run([sys.executable, 'tools/train.py', config, '--work-dir', str(work)],
+                check=False)
+    assert again.returncode != 0 and '--resume' in again.stderr + again.stdout
+    assert (work / 'iter_2.pth').is_file()
+
+
+def test_two_process_gloo_training_keeps_per_process_statistics(tmp_path):
+    result = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                  '--master_port=29533', 'tests/dist_worker.py'],
+                 env=dict(PYTHONPATH=REPO))
+    assert 'per-process statistics, averaged gradients: OK' in result.stdout
+    result = run(['bash', 'tools/demo.sh'],
+                 env=dict(DATASET='ade20k', ITERS='2', PROCS='2', ROOT=str(tmp_path),
+                          PORT='29534'))
+    assert (tmp_path / 'work_dirs' / 'demo' / 'ade20k' / 'iter_2.pth').is_file()
+    assert 'world_size: 2' in result.stdout + result.stderr

@@ -1,0 +1,76 @@
+"""Train a segmentor with mmengine's Runner, the plug-in registered.
+
+Same flags as mmsegmentation's ``tools/train.py``. Example::
+
+    python tools/train.py configs/exemplar_norm/deeplabv3_r50-d8_en_8xb2-80k_ade20k-512x512.py
+    bash tools/dist_train.sh CONFIG 8 [--amp] [--resume] [--cfg-options ...]
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from en_seg.checkpoint import mmengine_checkpoint_globals
+from en_seg.engine import prepare_launch
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a segmentor (en-seg)')
+    parser.add_argument('config', help='training config file path')
+    parser.add_argument('--work-dir', help='where logs and checkpoints are written')
+    parser.add_argument('--resume', action='store_true',
+                        help='resume from the latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (EN keeps its statistics in fp32)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. train_cfg.max_iters=100')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (>= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def check_work_dir(work_dir: str, resume: bool) -> None:
+    """Refuse to write a new run over checkpoints of an earlier one."""
+    if resume or not osp.isdir(work_dir):
+        return
+    if any(name.endswith('.pth') for name in os.listdir(work_dir)):
+        raise SystemExit(
+            f'{work_dir} already holds checkpoints of an earlier run and a new run would '
+            'overwrite them: pass --resume to continue that run, or choose another '
+            '--work-dir')
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    check_work_dir(cfg.work_dir, args.resume)
+    if args.amp:
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+            print('The config already trains with AmpOptimWrapper; --amp changes nothing.')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+    cfg.resume = args.resume
+    prepare_launch(cfg)
+    # A config may name its own runner, as in mmsegmentation's tools.
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    with mmengine_checkpoint_globals():
+        runner.train()
+
+
+if __name__ == '__main__':
+    main()
