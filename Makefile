@@ -21,7 +21,7 @@ $(STAMP): setup.py Makefile
 	# installed torch (pip caches the built wheel, so a rebuild takes seconds).
 	$(PIP) install 'setuptools<82' wheel ninja numpy opencv-python-headless mmengine==0.10.7
 	MMCV_WITH_OPS=1 $(PIP) install --no-build-isolation mmcv==2.1.0
-	$(PIP) install mmsegmentation==1.2.2 pytest
+	$(PIP) install mmsegmentation==1.2.2 ftfy regex pytest
 	$(PIP) install --no-build-isolation -e .
 	touch $@
 

@@ -1,6 +1,60 @@
 """Install en-seg. Build dependencies (torch) must already be installed: use
-``pip install --no-build-isolation -e .`` (the Makefile does)."""
+``pip install --no-build-isolation -e .`` (the Makefile does).
+
+Builds the extension ``en_seg.ops._C`` (the compiled ops, en_seg/ops/csrc): its C++ CPU
+kernels always, its CUDA kernels (en_seg/ops/csrc/cuda) when torch was built with CUDA
+and ``nvcc`` is found, or when ``FORCE_CUDA=1``. ``TORCH_CUDA_ARCH_LIST`` (e.g.
+``"8.0 9.0"``) selects the GPU architectures, as for any torch extension.
+"""
+import glob
+import os
+import subprocess
+import sys
+
+import setuptools
+import torch
 from setuptools import find_packages, setup
+from setuptools.command.develop import develop
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+CSRC = os.path.join('en_seg', 'ops', 'csrc')
+
+
+class DevelopInThisEnvironment(develop):
+    """``pip install --no-build-isolation -e .`` of a project without pyproject.toml runs
+    ``setup.py develop``, which setuptools >= 80 turns into ``pip install -e .
+    --use-pep517`` in an isolated environment, where torch is missing. Run that install
+    without isolation, as the outer command asked."""
+
+    def run(self) -> None:
+        command = [sys.executable, '-m', 'pip', 'install', '--no-build-isolation',
+                   '--use-pep517', '-e', '.']
+        subprocess.check_call(command + ['--no-deps'] * self.no_deps)
+
+
+def _build_cuda() -> bool:
+    """CUDA kernels need a CUDA torch to link against and nvcc to compile them."""
+    if os.environ.get('FORCE_CUDA', '0') == '1':
+        return True
+    return (torch.version.cuda is not None and CUDA_HOME is not None
+            and os.path.exists(os.path.join(CUDA_HOME, 'bin', 'nvcc')))
+
+
+def _extension():
+    sources = sorted(glob.glob(os.path.join(CSRC, '*.cpp')))
+    # at::parallel_for runs serially unless the including file is built with OpenMP;
+    # libtorch on Linux ships and loads the same libgomp.
+    openmp = ['-fopenmp'] if sys.platform.startswith('linux') else []
+    cxx_flags = ['-O3'] + openmp
+    if not _build_cuda():
+        return CppExtension('en_seg.ops._C', sources,
+                            extra_compile_args={'cxx': cxx_flags}, extra_link_args=openmp)
+    sources += sorted(glob.glob(os.path.join(CSRC, 'cuda', '*.cpp')))
+    sources += sorted(glob.glob(os.path.join(CSRC, 'cuda', '*.cu')))
+    return CUDAExtension('en_seg.ops._C', sources,
+                         extra_compile_args={'cxx': cxx_flags, 'nvcc': ['-O3']},
+                         extra_link_args=openmp)
+
 
 setup(
     name='en-seg',
@@ -9,5 +63,9 @@ setup(
     packages=find_packages(include=['en_seg', 'en_seg.*']),
     python_requires='>=3.9',
     install_requires=['torch>=2.1', 'mmengine==0.10.7', 'mmcv==2.1.0',
-                      'mmsegmentation==1.2.2'],
+                      'mmsegmentation==1.2.2', 'matplotlib', 'scikit-learn'],
+    ext_modules=[_extension()],
+    cmdclass={'build_ext': BuildExtension,
+              **({'develop': DevelopInThisEnvironment}
+                 if int(setuptools.__version__.split('.')[0]) >= 80 else {})},
 )

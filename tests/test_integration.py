@@ -41,7 +41,11 @@ def test_train_then_single_and_multi_scale_test(tmp_path, dataset):
         values = [float(v) for v in rows[metric]]
         assert all(0 <= v <= 100 for v in values), rows[metric]
     per_class = [name for name in rows if name.startswith('IoU ')]
-    assert len(per_class) == (150 if dataset == 'ade20k' else 19)
+    absent = re.search(r'(\d+) of (\d+) classes are absent', result.stdout)
+    listed = len(per_class) + (int(absent.group(1)) if absent else 0)
+    assert listed == (150 if dataset == 'ade20k' else 19)
+    # The synthetic scenes hold six classes; a few validation images show most of them.
+    assert len(per_class) >= 3
     assert re.search(r'Load checkpoint from .*iter_2\.pth', result.stdout + result.stderr)
 
     # A second run without --resume must not overwrite the first run's checkpoints.

@@ -2,7 +2,8 @@
 # The main job on data, end to end with the real tools: write a small dataset in the real
 # ADE20K (or Cityscapes) layout, train the paper's EN DeepLabV3 R50-D8 config scaled down
 # by --cfg-options (small crops, few iterations, no pretrained download), then evaluate
-# the checkpoint single-scale and multi-scale + flip in one table.
+# the checkpoint single-scale and multi-scale + flip in one table, and draw the ratios the
+# EN layers chose for every validation image (en_seg/analysis).
 #
 # Settings (environment): DATASET=ade20k|cityscapes, ITERS (default 40), PROCS (1, or
 # more for a distributed run through tools/dist_train.sh), ROOT (default .: the data goes
@@ -24,7 +25,7 @@ case $DATASET in
   *) echo "DATASET must be ade20k or cityscapes, got '$DATASET'" >&2; exit 2 ;;
 esac
 
-echo "== 1/3 writing a small $DATASET-layout dataset to $data"
+echo "== 1/4 writing a small $DATASET-layout dataset to $data"
 rm -rf "$data" "$work"
 "$PYTHON" tools/make_demo_data.py "$DATASET" "$data"
 
@@ -41,13 +42,14 @@ common=(
   "train_dataloader.dataset.pipeline.3.crop_size=(64,64)"
   "test_dataloader.dataset.pipeline.1.scale=$scale"
 )
+# Validation during training is off: step 3 evaluates the final checkpoint.
 train_only=(
-  train_cfg.max_iters="$ITERS" train_cfg.val_interval=1000000
+  train_cfg.max_iters="$ITERS" val_cfg=None val_dataloader=None val_evaluator=None
   default_hooks.checkpoint.interval="$ITERS" default_hooks.logger.interval=5
   optim_wrapper.optimizer.lr=0.01
 )
 
-echo "== 2/3 training EN DeepLabV3 R50-D8 for $ITERS iterations on $PROCS process(es)"
+echo "== 2/4 training EN DeepLabV3 R50-D8 for $ITERS iterations on $PROCS process(es)"
 if [ "$PROCS" -gt 1 ]; then
   PYTHON=$PYTHON bash tools/dist_train.sh "$config" "$PROCS" --work-dir "$work" \
     --cfg-options "${common[@]}" "${train_only[@]}"
@@ -56,6 +58,11 @@ else
     --cfg-options "${common[@]}" "${train_only[@]}"
 fi
 
-echo "== 3/3 evaluating $work/iter_$ITERS.pth single-scale and multi-scale + flip"
+echo "== 3/4 evaluating $work/iter_$ITERS.pth single-scale and multi-scale + flip"
 "$PYTHON" tools/test.py "$config" "$work/iter_$ITERS.pth" --ss-ms --work-dir "$work/test" \
+  --cfg-options "${common[@]}"
+
+echo "== 4/4 reading the ratios the EN layers learned (figures in $work/ratios)"
+"$PYTHON" tools/analyze_ratios.py collect "$config" "$work/iter_$ITERS.pth" --split test \
+  --out "$work/ratios" \
   --cfg-options "${common[@]}"

@@ -1,4 +1,5 @@
 """One table for several evaluations of the same checkpoint."""
+import math
 from typing import Dict, Mapping
 
 from prettytable import PrettyTable
@@ -14,7 +15,9 @@ def format_metrics_table(columns: Mapping[str, Mapping[str, float]]) -> str:
             returned (percent), as from :class:`PerClassIoUMetric`.
 
     Returns:
-        The table as text: rows aAcc, mIoU, mAcc (those present), then ``IoU <class>``.
+        The table as text: rows aAcc, mIoU, mAcc (those present), then ``IoU <class>``
+        for every class with an IoU in some column; classes absent from both ground truth
+        and predictions everywhere (NaN in every column) are counted in a last line.
     """
     keys: Dict[str, None] = {}
     for metrics in columns.values():
@@ -23,10 +26,16 @@ def format_metrics_table(columns: Mapping[str, Mapping[str, float]]) -> str:
     per_class = [key for key in keys if key.startswith(CLASS_IOU_PREFIX)]
     table = PrettyTable(['metric (%)', *columns])
     table.align['metric (%)'] = 'l'
-    for key in summary + per_class:
+    absent = [key for key in per_class
+              if all(math.isnan(metrics.get(key, math.nan)) for metrics in columns.values())]
+    for key in summary + [key for key in per_class if key not in absent]:
         label = f'IoU {key[len(CLASS_IOU_PREFIX):]}' if key in per_class else key
         table.add_row([label, *(_cell(metrics.get(key)) for metrics in columns.values())])
-    return table.get_string()
+    text = table.get_string()
+    if absent:
+        text += (f'\n{len(absent)} of {len(per_class)} classes are absent from the ground '
+                 'truth and the predictions (IoU undefined) and are not listed.')
+    return text
 
 
 def _cell(value) -> str:

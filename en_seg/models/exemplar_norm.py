@@ -1,11 +1,11 @@
 """Exemplar Normalization (Zhang et al., CVPR 2020), EN_SPEC.md."""
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ..ops import check_ratio_impl, exemplar_ratios
 from .mixed_norm import _MixedNorm
-from .ratio_branch import exemplar_ratios_reference
 
 
 class ExemplarNorm2d(_MixedNorm):
@@ -19,11 +19,13 @@ class ExemplarNorm2d(_MixedNorm):
               + \beta_k
 
     The sum is folded into one affine map per (n, c), ``y = A * x + B``, so X is read once
-    for statistics and once for the output, as in BatchNorm; no K normalized copies of X
-    are made. Statistics, ratios, A and B are float32 (or float64 for a float64 input),
-    also under autocast; y has the input's dtype. Gradients flow through the statistics
-    and the ratio branch. The BN member keeps ``running_mean`` / ``running_var`` exactly
-    like ``nn.BatchNorm2d`` and uses them in evaluation, in the ratio branch too.
+    for statistics and once for the output, as in BatchNorm, and the backward is one
+    reduction and one elementwise pass over X (``norm_impl='fused'``); no K normalized
+    copies of X are made. Statistics, ratios, A and B are float32 (or float64 for a
+    float64 input), also under autocast; y has the input's dtype. Gradients flow through
+    the statistics and the ratio branch. The BN member keeps ``running_mean`` /
+    ``running_var`` exactly like ``nn.BatchNorm2d`` and uses them in evaluation, in the
+    ratio branch too.
 
     Args:
         num_features: C from an expected input of size (N, C, H, W).
@@ -37,6 +39,15 @@ class ExemplarNorm2d(_MixedNorm):
             Default: 32 (the paper's ResNet50 value).
         pi: π, the hidden width of the ratio branch is π·K. Default: 50.
         track_running_stats: keep running statistics for evaluation. Default: True.
+        ratio_impl: how the ratio branch runs: ``'op'``, the compiled op
+            ``torch.ops.en_seg.exemplar_ratios`` (falls back, with one warning, to the
+            reference where the extension is not built), or ``'reference'``, the
+            pure-PyTorch :func:`~en_seg.models.ratio_branch.exemplar_ratios_reference`, for
+            comparison. Both compute the same function. Default: 'op'.
+        norm_impl: how statistics and the affine map run: ``'fused'``, the compiled ops of
+            :mod:`en_seg.ops.fused_norm` (falls back, with one warning, to the reference
+            where the extension is not built), or ``'reference'``, plain PyTorch. Both
+            compute the same function. Default: 'fused'.
 
     Attributes:
         weight: γ, (K, C), initialised to 1.   bias: β, (K, C), initialised to 0.
@@ -51,9 +62,9 @@ class ExemplarNorm2d(_MixedNorm):
         H·W = 1 are allowed and stay finite.
 
     Raises:
-        ValueError: at construction, for C not divisible by r, a bad pool or non-positive
-            sizes; in forward, for an input that is not 4-D, has other than
-            ``num_features`` channels, or is empty.
+        ValueError: at construction, for C not divisible by r, a bad pool, non-positive
+            sizes or an unknown ``ratio_impl``; in forward, for an input that is not 4-D,
+            has other than ``num_features`` channels, or is empty.
         TypeError: in forward, for an integer or boolean input.
 
     A plain BatchNorm state dict loads: its (C,) weight becomes every γ_k and its bias is
@@ -72,8 +83,11 @@ class ExemplarNorm2d(_MixedNorm):
                  normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
                  reduction: int = 32,
                  pi: int = 50,
-                 track_running_stats: bool = True) -> None:
-        super().__init__(num_features, eps, momentum, track_running_stats, normalizers)
+                 track_running_stats: bool = True,
+                 ratio_impl: str = 'op',
+                 norm_impl: str = 'fused') -> None:
+        super().__init__(num_features, eps, momentum, track_running_stats, normalizers,
+                         norm_impl)
         if reduction <= 0 or pi <= 0:
             raise ValueError(f'reduction and pi must be positive, got reduction={reduction},'
                              f' pi={pi}')
@@ -84,6 +98,7 @@ class ExemplarNorm2d(_MixedNorm):
                 'the grouped convolution of the ratio branch needs C / r groups of r '
                 'channels: choose a reduction that divides num_features')
         self.pi = pi
+        self.ratio_impl = check_ratio_impl(ratio_impl)
         k = self.num_normalizers
         self.weight = nn.Parameter(torch.empty(k, num_features))
         self.bias = nn.Parameter(torch.empty(k, num_features))
@@ -104,26 +119,25 @@ class ExemplarNorm2d(_MixedNorm):
         nn.init.zeros_(self.ratio_fc2.weight)
         nn.init.zeros_(self.ratio_fc2.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        with torch.autocast(x.device.type, enabled=False):
-            pooled, means, variances = self._statistics(x)
-            rstds = torch.rsqrt(variances + self.eps)
-            ratios = self._ratios(pooled, means, rstds)
-            self.last_ratios = ratios.detach().float()
-            # Eq. 3 as y = A x + B: A = Σ_k γ_k λ_k rstd_k, B = Σ_k β_k - Σ_k γ_k λ_k rstd_k μ_k
-            gain = ratios.unsqueeze(2) * self.weight.to(rstds.dtype) * rstds  # (N, K, C)
-            scale = gain.sum(1)
-            shift = self.bias.to(rstds.dtype).sum(0) - (gain * means).sum(1)
-            y = torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
-        return y.to(x.dtype)
+    def _affine_coefficients(self, pooled: Tensor, var: Tensor,
+                             count: int) -> Tuple[Tensor, Tensor]:
+        means, variances = self._statistics(pooled, var, count)
+        rstds = torch.rsqrt(variances + self.eps)
+        ratios = self._ratios(pooled, means, rstds)
+        self.last_ratios = ratios.detach().float()
+        # Eq. 3 as y = A (x - pooled) + B: A = Σ_k γ_k λ_k rstd_k and
+        # B = Σ_k β_k + Σ_k γ_k λ_k rstd_k (pooled - μ_k), whose IN term is exactly 0.
+        gain = ratios.unsqueeze(2) * self.weight.to(rstds.dtype) * rstds  # (N, K, C)
+        shift = self.bias.to(rstds.dtype).sum(0) + (gain * (pooled.unsqueeze(1) - means)).sum(1)
+        return gain.sum(1), shift
 
     def _ratios(self, pooled: Tensor, means: Tensor, rstds: Tensor) -> Tensor:
         dtype = pooled.dtype
-        return exemplar_ratios_reference(
+        return exemplar_ratios(
             pooled, means, rstds, self.ratio_conv.weight.to(dtype),
             self.ratio_fc1.weight.to(dtype), self.ratio_fc1.bias.to(dtype),
-            self.ratio_fc2.weight.to(dtype), self.ratio_fc2.bias.to(dtype))
+            self.ratio_fc2.weight.to(dtype), self.ratio_fc2.bias.to(dtype),
+            impl=self.ratio_impl)
 
     def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
         k = self.num_normalizers
@@ -135,4 +149,5 @@ class ExemplarNorm2d(_MixedNorm):
     def extra_repr(self) -> str:
         return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
                 f'normalizers={self.normalizers}, reduction={self.reduction}, pi={self.pi}, '
-                f'track_running_stats={self.track_running_stats}')
+                f'track_running_stats={self.track_running_stats}, '
+                f'ratio_impl={self.ratio_impl!r}, norm_impl={self.norm_impl!r}')

@@ -2,14 +2,39 @@
 
 Input checks, the running statistics of the BN member (kept exactly like
 ``torch.nn.BatchNorm2d``), the per-normalizer statistics of a batch (EN_SPEC.md,
-"Statistics") and the loading of plain BatchNorm checkpoints.
+"Statistics"), the forward pass as one affine map per (n, c) (EN_SPEC.md, "Output"), fused
+or in plain PyTorch, and the loading of plain BatchNorm checkpoints.
 """
+import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ..ops.fused_norm import channel_affine_norm, fused_kernels_available
 from .statistics import channel_moments, check_normalizers, merge_moments
+
+#: How a mixed layer computes its statistics and applies its affine map.
+NORM_IMPLS = ('fused', 'reference')
+
+_warned_fallback = set()
+
+
+def _fused_kernels_for(x: Tensor, layer: str) -> bool:
+    """Whether the fused ops run x; warns once per device type where they would but this
+    build lacks them."""
+    if fused_kernels_available(x):
+        return True
+    device = x.device.type
+    if device in ('cpu', 'cuda') and device not in _warned_fallback:
+        _warned_fallback.add(device)
+        warnings.warn(
+            f'en_seg: the fused normalization ops have no {device} kernel for this input in '
+            'this build of en_seg.ops._C (not built, built before the ops existed, or built '
+            f'without CUDA); {layer} uses the slower pure-PyTorch path. Build them with '
+            '`pip install --no-build-isolation -e .` in the en-seg checkout (with a CUDA '
+            'torch and nvcc on the PATH for CUDA).', stacklevel=4)
+    return False
 
 
 class _MixedNorm(nn.Module):
@@ -24,9 +49,18 @@ class _MixedNorm(nn.Module):
             ``nn.BatchNorm2d`` does. Default: True.
         normalizers: the pool, a sequence of distinct names from ('IN', 'LN', 'BN').
             Default: ('IN', 'LN', 'BN').
+        norm_impl: ``'fused'``: the compiled ops of :mod:`en_seg.ops.fused_norm` (one read
+            of X for the moments, one read and write for Y; backward one reduction and one
+            elementwise pass), falling back, with one warning, to the reference where the
+            extension is not built; ``'reference'``: plain PyTorch. Both compute the same
+            function. Default: 'fused'.
+
+    Subclasses define :meth:`_affine_coefficients`, the (N, C) map from the per-(n, c)
+    moments to the output's scale and shift.
 
     Raises:
-        ValueError: non-positive ``num_features``, ``eps`` or a bad ``normalizers`` pool.
+        ValueError: non-positive ``num_features``, ``eps``, a bad ``normalizers`` pool or a
+            ``norm_impl`` not in :data:`NORM_IMPLS`.
     """
 
     def __init__(self,
@@ -34,7 +68,8 @@ class _MixedNorm(nn.Module):
                  eps: float = 1e-5,
                  momentum: Optional[float] = 0.1,
                  track_running_stats: bool = True,
-                 normalizers: Sequence[str] = ('IN', 'LN', 'BN')) -> None:
+                 normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
+                 norm_impl: str = 'fused') -> None:
         super().__init__()
         if not isinstance(num_features, int) or num_features <= 0:
             raise ValueError(f'num_features must be a positive int, got {num_features!r}')
@@ -45,6 +80,9 @@ class _MixedNorm(nn.Module):
         self.momentum = momentum
         self.track_running_stats = track_running_stats
         self.normalizers = check_normalizers(normalizers)
+        if norm_impl not in NORM_IMPLS:
+            raise ValueError(f'norm_impl must be one of {NORM_IMPLS}, got {norm_impl!r}')
+        self.norm_impl = norm_impl
         if track_running_stats:
             self.register_buffer('running_mean', torch.zeros(num_features))
             self.register_buffer('running_var', torch.ones(num_features))
@@ -98,19 +136,55 @@ class _MixedNorm(nn.Module):
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
-    def _statistics(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Moments of x and every normalizer's statistics, in float32 or better.
+    def forward(self, x: Tensor) -> Tensor:
+        """y = scale * (x - pooled) + shift per (n, c), the layer's output as one affine
+        map, with (scale, shift) from :meth:`_affine_coefficients`. Statistics and
+        coefficients in float32 (float64 for a float64 input), also under autocast; y in
+        x's dtype."""
+        self._check_input(x)
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+
+        def coefficients(pooled: Tensor, var: Tensor) -> Tuple[Tensor, Tensor]:
+            return self._affine_coefficients(pooled, var, count)
+
+        with torch.autocast(x.device.type, enabled=False):
+            if self.norm_impl == 'fused' and _fused_kernels_for(x, type(self).__name__):
+                return channel_affine_norm(x, coefficients)
+            pooled, var = channel_moments(
+                x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
+            scale, shift = coefficients(pooled, var)
+            y = torch.addcmul((shift - scale * pooled)[:, :, None, None], x,
+                              scale[:, :, None, None])
+        return y.to(x.dtype)
+
+    def _affine_coefficients(self, pooled: Tensor, var: Tensor,
+                             count: int) -> Tuple[Tensor, Tensor]:
+        """The output's per-(n, c) affine map, y = scale * (x - pooled) + shift.
 
         Args:
-            x: (N, C, H, W) floating input (checked).
+            pooled, var: (N, C) per-(n, c) mean and biased variance of the input, float32
+                (float64 for a float64 input).
+            count: N * H * W, the values behind each BN statistic.
 
         Returns:
-            ``(pooled, means, variances)``: pooled is (N, C), the per-(n, c) mean, which
-            is also the ratio branch's average-pooled input; means and variances are
-            (N, K, C), normalizer k's statistics broadcast to every (n, c).
+            ``(scale, shift)``, each (N, C) in pooled's dtype.
         """
-        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        pooled, var = channel_moments(x)
+        raise NotImplementedError
+
+    def _statistics(self, pooled: Tensor, var: Tensor,
+                    count: int) -> Tuple[Tensor, Tensor]:
+        """Every normalizer's statistics from the per-(n, c) moments; in training, folds
+        the BN member's batch statistics into the running ones.
+
+        Args:
+            pooled, var: (N, C) per-(n, c) mean and biased variance of the input, float32
+                or better; pooled is also the ratio branch's average-pooled input.
+            count: N * H * W, the values behind each BN statistic.
+
+        Returns:
+            ``(means, variances)``, each (N, K, C): normalizer k's statistics broadcast to
+            every (n, c).
+        """
         n, c = pooled.shape
         means, variances = [], []
         for name in self.normalizers:
@@ -122,14 +196,13 @@ class _MixedNorm(nn.Module):
                 mean_k, var_k = merge_moments(pooled, var, dim=0)
                 if self.training and self.track_running_stats:
                     with torch.no_grad():
-                        self._update_running_stats(mean_k[0], var_k[0],
-                                                   n * x.shape[2] * x.shape[3])
+                        self._update_running_stats(mean_k[0], var_k[0], count)
             else:
                 mean_k = self.running_mean.to(pooled.dtype)[None]
                 var_k = self.running_var.to(pooled.dtype)[None]
             means.append(mean_k.expand(n, c))
             variances.append(var_k.expand(n, c))
-        return pooled, torch.stack(means, 1), torch.stack(variances, 1)
+        return torch.stack(means, 1), torch.stack(variances, 1)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args,
                               **kwargs) -> None:

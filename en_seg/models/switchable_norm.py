@@ -1,5 +1,5 @@
 """Switchable Normalization (Luo et al., ICLR 2019), the paper's main baseline."""
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,8 @@ class SwitchableNorm2d(_MixedNorm):
         normalizers: the pool of K distinct names from ('IN', 'LN', 'BN').
             Default: ('IN', 'LN', 'BN').
         track_running_stats: keep running statistics for evaluation. Default: True.
+        norm_impl: ``'fused'`` (compiled ops, the default) or ``'reference'`` (plain
+            PyTorch) statistics and apply, as for :class:`ExemplarNorm2d`.
 
     Attributes:
         weight, bias: γ and β, (C,), initialised to 1 and 0.
@@ -49,8 +51,10 @@ class SwitchableNorm2d(_MixedNorm):
                  eps: float = 1e-5,
                  momentum: Optional[float] = 0.1,
                  normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
-                 track_running_stats: bool = True) -> None:
-        super().__init__(num_features, eps, momentum, track_running_stats, normalizers)
+                 track_running_stats: bool = True,
+                 norm_impl: str = 'fused') -> None:
+        super().__init__(num_features, eps, momentum, track_running_stats, normalizers,
+                         norm_impl)
         k = self.num_normalizers
         self.weight = nn.Parameter(torch.empty(num_features))
         self.bias = nn.Parameter(torch.empty(num_features))
@@ -65,19 +69,17 @@ class SwitchableNorm2d(_MixedNorm):
         nn.init.ones_(self.mean_weight)
         nn.init.ones_(self.var_weight)
 
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_input(x)
-        with torch.autocast(x.device.type, enabled=False):
-            _, means, variances = self._statistics(x)
-            dtype = means.dtype
-            mean = torch.einsum('k,nkc->nc', torch.softmax(self.mean_weight.to(dtype), 0),
-                                means)
-            var = torch.einsum('k,nkc->nc', torch.softmax(self.var_weight.to(dtype), 0),
-                               variances)
-            scale = self.weight.to(dtype) * torch.rsqrt(var + self.eps)
-            shift = self.bias.to(dtype) - scale * mean
-            y = torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
-        return y.to(x.dtype)
+    def _affine_coefficients(self, pooled: Tensor, var: Tensor,
+                             count: int) -> Tuple[Tensor, Tensor]:
+        # y = scale (x - μ̄) + β = scale (x - pooled) + β + scale (pooled - μ̄).
+        means, variances = self._statistics(pooled, var, count)
+        dtype = means.dtype
+        mixed_mean = torch.einsum('k,nkc->nc', torch.softmax(self.mean_weight.to(dtype), 0),
+                                  means)
+        mixed_var = torch.einsum('k,nkc->nc', torch.softmax(self.var_weight.to(dtype), 0),
+                                 variances)
+        scale = self.weight.to(dtype) * torch.rsqrt(mixed_var + self.eps)
+        return scale, self.bias.to(dtype) + scale * (pooled - mixed_mean)
 
     def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
         return {'weight': weight} if bias is None else {'weight': weight, 'bias': bias}
@@ -85,4 +87,5 @@ class SwitchableNorm2d(_MixedNorm):
     def extra_repr(self) -> str:
         return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
                 f'normalizers={self.normalizers}, '
-                f'track_running_stats={self.track_running_stats}')
+                f'track_running_stats={self.track_running_stats}, '
+                f'norm_impl={self.norm_impl!r}')

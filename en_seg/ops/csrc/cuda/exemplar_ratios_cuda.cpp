@@ -1,0 +1,71 @@
+// CUDA implementations of en_seg::exemplar_ratios and en_seg::exemplar_ratios_backward:
+// argument checks, allocation on the caching allocator and launch on the current stream.
+// The kernels themselves are in exemplar_ratios_kernel.cu.
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../exemplar_ratios.h"
+#include "exemplar_ratios_kernel.h"
+
+namespace en_seg {
+namespace {
+
+// The CUDA kernels are float32 only (the layer computes its statistics in float32);
+// float64 runs on the CPU kernel or the PyTorch reference.
+RatioArgs check_cuda_args(const char* op, const at::Tensor& pooled, const at::Tensor& means,
+                          const at::Tensor& rstds, const at::Tensor& conv_w,
+                          const at::Tensor& fc1_w, const at::Tensor& fc1_b,
+                          const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
+  RatioArgs args =
+      check_ratio_args(op, pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
+  TORCH_CHECK(args.pooled.scalar_type() == at::kFloat, op,
+              ": the CUDA kernel takes float32 tensors, got ", args.pooled.scalar_type());
+  TORCH_CHECK(args.sizes.hidden <= cuda::kMaxHidden, op, ": fc1_w has shape ",
+              args.fc1_w.sizes(), ", expected (P, K * K) with P <= ", cuda::kMaxHidden,
+              " hidden units for the CUDA kernel");
+  return args;
+}
+
+at::Tensor exemplar_ratios_cuda(const at::Tensor& pooled, const at::Tensor& means,
+                                const at::Tensor& rstds, const at::Tensor& conv_w,
+                                const at::Tensor& fc1_w, const at::Tensor& fc1_b,
+                                const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
+  const RatioArgs args = check_cuda_args("en_seg::exemplar_ratios", pooled, means, rstds,
+                                         conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
+  const c10::cuda::CUDAGuard guard(args.pooled.device());
+  at::Tensor ratios = at::empty({args.sizes.n, args.sizes.k}, args.pooled.options());
+  C10_CUDA_CHECK(cuda::launch_exemplar_ratios_forward(args.sizes, args.inputs<float>(),
+                                                      ratios.data_ptr<float>(),
+                                                      c10::cuda::getCurrentCUDAStream()));
+  return ratios;
+}
+
+RatioGradTensors exemplar_ratios_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& pooled, const at::Tensor& means,
+    const at::Tensor& rstds, const at::Tensor& conv_w, const at::Tensor& fc1_w,
+    const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
+  const char* op = "en_seg::exemplar_ratios_backward";
+  const RatioArgs args =
+      check_cuda_args(op, pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
+  const at::Tensor grad_c = check_ratio_grad(op, grad, args);
+  const c10::cuda::CUDAGuard guard(args.pooled.device());
+  RatioGradBuffers out(args);
+  at::Tensor workspace =
+      at::empty({cuda::exemplar_ratios_backward_workspace(args.sizes)}, args.pooled.options());
+  C10_CUDA_CHECK(cuda::launch_exemplar_ratios_backward(
+      args.sizes, args.inputs<float>(), grad_c.data_ptr<float>(), out.grads<float>(),
+      workspace.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+  return out.tensors;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(en_seg, CUDA, m) {
+  m.impl("exemplar_ratios", &exemplar_ratios_cuda);
+  m.impl("exemplar_ratios_backward", &exemplar_ratios_backward_cuda);
+}
+
+}  // namespace en_seg

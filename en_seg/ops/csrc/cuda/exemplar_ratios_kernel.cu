@@ -1,0 +1,196 @@
+// CUDA kernels of the ratio branch: one thread block per sample runs ratio_math.h's steps,
+// its threads taking groups of channels, hidden units or K² entries in turn. The branch
+// reads a few K·C values per sample, so launches dominate its cost in PyTorch; here it is
+// one launch forward and two backward (a per-sample pass, then the sum of per-sample
+// parameter gradients in sample order, which keeps gradients bit-identical from run to
+// run). Float32 throughout.
+#include <cuda_runtime.h>
+
+#include "exemplar_ratios_kernel.h"
+
+namespace en_seg {
+namespace cuda {
+namespace {
+
+using ratio::Grads;
+using ratio::Inputs;
+using ratio::ParamLayout;
+using ratio::Sample;
+using ratio::Sizes;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxGram = ratio::kMaxNormalizers * ratio::kMaxNormalizers;
+
+// Shared-memory layout of one block (one sample), in floats.
+struct Scratch {
+  float* v;       // (K²) v = z zᵀ
+  float* h;       // (P) hidden activations
+  float* ratios;  // (K) logits, then λ
+  float* go;      // (K) gradient of the logits
+  float* gu;      // (P) gradient of the hidden pre-activations
+  float* sym;     // (K²) S = Gv + Gvᵀ
+  float* warp_v;  // (kWarps, K²) per-warp partial sums of v
+
+  __device__ Scratch(float* base, const Sizes& s) {
+    const int kk = s.k * s.k;
+    v = base;
+    h = v + kk;
+    ratios = h + s.hidden;
+    go = ratios + s.k;
+    gu = go + s.k;
+    sym = gu + s.hidden;
+    warp_v = sym + kk;
+  }
+
+  static size_t bytes(const Sizes& s) {
+    const int64_t kk = s.k * s.k;
+    return sizeof(float) * (kk * (2 + kWarps) + 2 * s.hidden + 2 * s.k);
+  }
+};
+
+// Steps 2-6 for sample n by the whole block; on return (after a barrier) scratch holds v,
+// h and λ for every thread.
+__device__ void block_forward(const Sizes& s, const Inputs<float>& in, int64_t n,
+                              const Scratch& scratch) {
+  const int tid = threadIdx.x;
+  const Sample<float> x(in, s, n);
+  const int kk = s.k * s.k;
+  float z[ratio::kMaxNormalizers];
+  float v[kMaxGram];
+  for (int q = 0; q < kk; ++q) v[q] = 0.f;
+  for (int64_t g = tid; g < s.groups(); g += kThreads) {
+    ratio::project_group(s, x, in.conv_w, g, z);
+    ratio::accumulate_gram(s.k, z, v);
+  }
+  // Block sum of v in a fixed order (butterfly within each warp, then warps in turn),
+  // so that it is the same from run to run.
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  for (int q = 0; q < kk; ++q) {
+    float sum = v[q];
+    for (int offset = 16; offset > 0; offset /= 2) {
+      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    }
+    if (lane == 0) scratch.warp_v[warp * kk + q] = sum;
+  }
+  __syncthreads();
+  if (tid < kk) {
+    float sum = 0.f;
+    for (int w = 0; w < kWarps; ++w) sum += scratch.warp_v[w * kk + tid];
+    scratch.v[tid] = sum;
+  }
+  __syncthreads();
+  for (int64_t i = tid; i < s.hidden; i += kThreads) {
+    scratch.h[i] = ratio::hidden_unit(s, in, scratch.v, i);
+  }
+  __syncthreads();
+  if (tid < s.k) {
+    scratch.ratios[tid] = ratio::logit(s, in, scratch.h, tid);
+  }
+  __syncthreads();
+  if (tid == 0) ratio::softmax(s.k, scratch.ratios);
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(Sizes s, Inputs<float> in, float* ratios) {
+  extern __shared__ float shared[];
+  const Scratch scratch(shared, s);
+  const int tid = threadIdx.x;
+  const int64_t n = blockIdx.x;
+  block_forward(s, in, n, scratch);
+  if (tid < s.k) ratios[n * s.k + tid] = scratch.ratios[tid];
+}
+
+// Sample n's input gradients, and its row of partial parameter gradients in `partials`.
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(Sizes s, Inputs<float> in, const float* grad, Grads<float> out,
+                    float* partials) {
+  extern __shared__ float shared[];
+  const Scratch scratch(shared, s);
+  const int tid = threadIdx.x;
+  const int64_t n = blockIdx.x;
+  const ParamLayout layout(s);
+  const int kk = s.k * s.k;
+  float* partial = partials + n * layout.total;
+  block_forward(s, in, n, scratch);
+  if (tid == 0) {
+    ratio::softmax_backward(s.k, scratch.ratios, grad + n * s.k, scratch.go);
+  }
+  __syncthreads();
+  for (int64_t i = tid; i < s.hidden; i += kThreads) {
+    const float gu = ratio::hidden_unit_backward(s, in, scratch.go, scratch.h[i], i);
+    scratch.gu[i] = gu;
+    partial[layout.fc1_b + i] = gu;
+    for (int q = 0; q < kk; ++q) partial[layout.fc1_w + i * kk + q] = gu * scratch.v[q];
+    for (int k = 0; k < s.k; ++k) {
+      partial[layout.fc2_w + k * s.hidden + i] = scratch.go[k] * scratch.h[i];
+    }
+  }
+  if (tid < s.k) partial[layout.fc2_b + tid] = scratch.go[tid];
+  __syncthreads();
+  if (tid < kk) {
+    scratch.sym[tid] = ratio::symmetric_gram_backward(
+        s, in, scratch.gu, tid / s.k, tid % s.k);
+  }
+  __syncthreads();
+  const Sample<float> x(in, s, n);
+  for (int64_t g = tid; g < s.groups(); g += kThreads) {
+    ratio::project_group_backward(s, x, in.conv_w, scratch.sym, g, out.pooled + n * s.c,
+                                  out.means + n * s.k * s.c, out.rstds + n * s.k * s.c,
+                                  partial + layout.conv_w);
+  }
+}
+
+// The gradient of flat parameter index p of ParamLayout.
+__device__ float* param_grad(const ParamLayout& layout, const Grads<float>& out, int64_t p) {
+  if (p >= layout.conv_w) return out.conv_w + (p - layout.conv_w);
+  if (p >= layout.fc2_b) return out.fc2_b + (p - layout.fc2_b);
+  if (p >= layout.fc2_w) return out.fc2_w + (p - layout.fc2_w);
+  if (p >= layout.fc1_b) return out.fc1_b + (p - layout.fc1_b);
+  return out.fc1_w + p;
+}
+
+// Parameter gradient p = Σ_n partials[n, p], summed in sample order.
+__global__ void __launch_bounds__(kThreads)
+    reduce_param_grads_kernel(Sizes s, const float* partials, Grads<float> out) {
+  const ParamLayout layout(s);
+  const int64_t p = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+  if (p >= layout.total) return;
+  float sum = 0.f;
+  for (int64_t n = 0; n < s.n; ++n) sum += partials[n * layout.total + p];
+  *param_grad(layout, out, p) = sum;
+}
+
+}  // namespace
+
+cudaError_t launch_exemplar_ratios_forward(const Sizes& sizes, const Inputs<float>& inputs,
+                                           float* ratios, cudaStream_t stream) {
+  if (sizes.n > 0) {
+    const auto blocks = static_cast<unsigned>(sizes.n);
+    forward_kernel<<<blocks, kThreads, Scratch::bytes(sizes), stream>>>(sizes, inputs, ratios);
+  }
+  return cudaGetLastError();
+}
+
+int64_t exemplar_ratios_backward_workspace(const Sizes& sizes) {
+  return sizes.n * ParamLayout(sizes).total;
+}
+
+cudaError_t launch_exemplar_ratios_backward(const Sizes& sizes, const Inputs<float>& inputs,
+                                            const float* grad, const Grads<float>& grads,
+                                            float* workspace, cudaStream_t stream) {
+  if (sizes.n > 0) {
+    const auto blocks = static_cast<unsigned>(sizes.n);
+    backward_kernel<<<blocks, kThreads, Scratch::bytes(sizes), stream>>>(sizes, inputs, grad,
+                                                                         grads, workspace);
+  }
+  const int64_t params = ParamLayout(sizes).total;
+  const auto blocks = static_cast<unsigned>((params + kThreads - 1) / kThreads);
+  reduce_param_grads_kernel<<<blocks, kThreads, 0, stream>>>(sizes, workspace, grads);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace en_seg

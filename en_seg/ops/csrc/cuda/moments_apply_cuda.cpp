@@ -1,0 +1,114 @@
+// CUDA implementations of en_seg::channel_moments, channel_affine, channel_affine_grad_sums
+// and channel_affine_input_grad: argument checks, allocation on the caching allocator and
+// launch on the current stream. The kernels are in moments_apply_kernel.cu.
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../moments_apply.h"
+#include "moments_apply_kernel.h"
+
+namespace en_seg {
+namespace {
+
+cuda::DType kernel_dtype(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kHalf:
+      return cuda::DType::kFloat16;
+    case at::kBFloat16:
+      return cuda::DType::kBFloat16;
+    case at::kFloat:
+      return cuda::DType::kFloat32;
+    default:
+      return cuda::DType::kFloat64;  // check_activation admits nothing else
+  }
+}
+
+cuda::Activation kernel_shape(const Activation& x) { return {x.n, x.c, x.hw, x.channels_last}; }
+
+// Device scratch for the channels_last reductions' partial results.
+at::Tensor reduction_workspace(const Activation& x) {
+  const int64_t bytes =
+      cuda::reduction_workspace_bytes(kernel_shape(x), kernel_dtype(x.tensor.scalar_type()));
+  return at::empty({bytes}, x.tensor.options().dtype(at::kByte));
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_moments_cuda(const at::Tensor& input) {
+  const Activation x = check_activation("en_seg::channel_moments", input);
+  const c10::cuda::CUDAGuard guard(x.tensor.device());
+  at::Tensor mean = empty_stats(x), var = empty_stats(x);
+  at::Tensor workspace = reduction_workspace(x);
+  C10_CUDA_CHECK(cuda::launch_channel_moments(
+      x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()), kernel_shape(x),
+      mean.data_ptr(), var.data_ptr(), workspace.data_ptr(),
+      c10::cuda::getCurrentCUDAStream()));
+  return {mean, var};
+}
+
+at::Tensor channel_affine_cuda(const at::Tensor& input, const at::Tensor& center,
+                               const at::Tensor& scale, const at::Tensor& shift) {
+  const char* op = "en_seg::channel_affine";
+  const Activation x = check_activation(op, input);
+  const at::Tensor center_c = check_coefficient(op, "center", center, x);
+  const at::Tensor scale_c = check_coefficient(op, "scale", scale, x);
+  const at::Tensor shift_c = check_coefficient(op, "shift", shift, x);
+  const c10::cuda::CUDAGuard guard(x.tensor.device());
+  at::Tensor y = empty_activation(x);
+  C10_CUDA_CHECK(cuda::launch_channel_affine(
+      x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()), kernel_shape(x),
+      center_c.const_data_ptr(), scale_c.const_data_ptr(), shift_c.const_data_ptr(),
+      y.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cuda(const at::Tensor& grad_y,
+                                                                 const at::Tensor& input,
+                                                                 const at::Tensor& center) {
+  const char* op = "en_seg::channel_affine_grad_sums";
+  const Activation x = check_activation(op, input);
+  const at::Tensor dy = match_activation(op, "grad_y", grad_y, x);
+  const at::Tensor center_c = check_coefficient(op, "center", center, x);
+  const c10::cuda::CUDAGuard guard(x.tensor.device());
+  at::Tensor sum_dy = empty_stats(x), sum_dy_xc = empty_stats(x);
+  at::Tensor workspace = reduction_workspace(x);
+  C10_CUDA_CHECK(cuda::launch_channel_affine_grad_sums(
+      dy.const_data_ptr(), x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()),
+      kernel_shape(x), center_c.const_data_ptr(), sum_dy.data_ptr(), sum_dy_xc.data_ptr(),
+      workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  return {sum_dy, sum_dy_xc};
+}
+
+at::Tensor channel_affine_input_grad_cuda(const at::Tensor& grad_y, const at::Tensor& input,
+                                          const at::Tensor& center, const at::Tensor& dy_scale,
+                                          const at::Tensor& x_scale, const at::Tensor& shift) {
+  const char* op = "en_seg::channel_affine_input_grad";
+  const Activation x = check_activation(op, input);
+  const at::Tensor dy = match_activation(op, "grad_y", grad_y, x);
+  const at::Tensor center_c = check_coefficient(op, "center", center, x);
+  const at::Tensor dy_scale_c = check_coefficient(op, "dy_scale", dy_scale, x);
+  const at::Tensor x_scale_c = check_coefficient(op, "x_scale", x_scale, x);
+  const at::Tensor shift_c = check_coefficient(op, "shift", shift, x);
+  const c10::cuda::CUDAGuard guard(x.tensor.device());
+  at::Tensor dx = empty_activation(x);
+  C10_CUDA_CHECK(cuda::launch_channel_affine_input_grad(
+      dy.const_data_ptr(), x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()),
+      kernel_shape(x), center_c.const_data_ptr(), dy_scale_c.const_data_ptr(),
+      x_scale_c.const_data_ptr(), shift_c.const_data_ptr(), dx.data_ptr(),
+      c10::cuda::getCurrentCUDAStream()));
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(en_seg, CUDA, m) {
+  m.impl("channel_moments", &channel_moments_cuda);
+  m.impl("channel_affine", &channel_affine_cuda);
+  m.impl("channel_affine_grad_sums", &channel_affine_grad_sums_cuda);
+  m.impl("channel_affine_input_grad", &channel_affine_input_grad_cuda);
+}
+
+}  // namespace en_seg

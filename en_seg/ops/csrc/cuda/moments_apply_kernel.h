@@ -1,0 +1,54 @@
+// Launchers of the CUDA kernels of the fused statistics / apply ops
+// (moments_apply_kernel.cu; schemas and math in ../moments_apply.cpp). Plain C++ and CUDA
+// runtime types only, so the kernels compile with nvcc without torch headers; the torch glue
+// is moments_apply_cuda.cpp.
+//
+// Pointers are device pointers. Activations (x, y, grad_y, grad_x) are dense (N, C, H, W)
+// or channels_last arrays of `dtype`; (N, C) arrays (mean, var, center, scale, shift, ...)
+// are contiguous float32, or float64 when dtype is kFloat64. Launchers enqueue on `stream`
+// and return the launch error.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace en_seg {
+namespace cuda {
+
+enum class DType { kFloat16, kBFloat16, kFloat32, kFloat64 };
+
+// A 4-D activation as the kernels walk it.
+struct Activation {
+  int64_t n, c, hw;    // N, C and H * W (H * W >= 1)
+  bool channels_last;  // memory order (N, H, W, C) rather than (N, C, H, W)
+};
+
+// Bytes of device scratch the two reductions need for `x` (0 for channels first).
+int64_t reduction_workspace_bytes(const Activation& x, DType dtype);
+
+// mean, var (N, C): per-(n, c) mean and biased variance of x.
+cudaError_t launch_channel_moments(const void* x, DType dtype, const Activation& shape,
+                                   void* mean, void* var, void* workspace,
+                                   cudaStream_t stream);
+
+// y = scale * (x - center) + shift per (n, c).
+cudaError_t launch_channel_affine(const void* x, DType dtype, const Activation& shape,
+                                  const void* center, const void* scale, const void* shift,
+                                  void* y, cudaStream_t stream);
+
+// sum_dy, sum_dy_xc (N, C): per-(n, c) sums of dy and of dy * (x - center).
+cudaError_t launch_channel_affine_grad_sums(const void* grad_y, const void* x, DType dtype,
+                                            const Activation& shape, const void* center,
+                                            void* sum_dy, void* sum_dy_xc, void* workspace,
+                                            cudaStream_t stream);
+
+// grad_x = dy_scale * dy + x_scale * (x - center) + shift per (n, c).
+cudaError_t launch_channel_affine_input_grad(const void* grad_y, const void* x, DType dtype,
+                                             const Activation& shape, const void* center,
+                                             const void* dy_scale, const void* x_scale,
+                                             const void* shift, void* grad_x,
+                                             cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace en_seg

@@ -1,0 +1,58 @@
+// Argument checking shared by the CPU and CUDA implementations of en_seg::exemplar_ratios
+// and en_seg::exemplar_ratios_backward (schemas in module.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+#include "ratio_math.h"
+
+namespace en_seg {
+
+// The op's inputs, checked and made contiguous, with the sizes they imply.
+struct RatioArgs {
+  at::Tensor pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b;
+  ratio::Sizes sizes;
+
+  template <typename T>
+  ratio::Inputs<T> inputs() const {
+    return {pooled.data_ptr<T>(), means.data_ptr<T>(), rstds.data_ptr<T>(),
+            conv_w.data_ptr<T>(), fc1_w.data_ptr<T>(), fc1_b.data_ptr<T>(),
+            fc2_w.data_ptr<T>(),  fc2_b.data_ptr<T>()};
+  }
+};
+
+// Checks shapes (pooled (N, C), means and rstds (N, K, C), conv_w (C/r, r, 1),
+// fc1_w (P, K²), fc1_b (P), fc2_w (K, P), fc2_b (K)), one floating dtype and one device,
+// 1 <= K <= ratio::kMaxNormalizers; raises c10::Error naming the offending tensor, its
+// shape and the expected shape. `op` prefixes the messages.
+RatioArgs check_ratio_args(const char* op, const at::Tensor& pooled, const at::Tensor& means,
+                           const at::Tensor& rstds, const at::Tensor& conv_w,
+                           const at::Tensor& fc1_w, const at::Tensor& fc1_b,
+                           const at::Tensor& fc2_w, const at::Tensor& fc2_b);
+
+// Checks the upstream gradient of the ratios against the checked inputs: (N, K), same dtype
+// and device. Returns it contiguous.
+at::Tensor check_ratio_grad(const char* op, const at::Tensor& grad, const RatioArgs& args);
+
+// Gradients for every input of the op, in schema order.
+using RatioGradTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                    at::Tensor, at::Tensor, at::Tensor>;
+
+// Uninitialised gradient tensors shaped like the inputs, and pointers into them.
+struct RatioGradBuffers {
+  RatioGradTensors tensors;
+
+  explicit RatioGradBuffers(const RatioArgs& args);
+
+  template <typename T>
+  ratio::Grads<T> grads() const {
+    return {std::get<0>(tensors).data_ptr<T>(), std::get<1>(tensors).data_ptr<T>(),
+            std::get<2>(tensors).data_ptr<T>(), std::get<3>(tensors).data_ptr<T>(),
+            std::get<4>(tensors).data_ptr<T>(), std::get<5>(tensors).data_ptr<T>(),
+            std::get<6>(tensors).data_ptr<T>(), std::get<7>(tensors).data_ptr<T>()};
+  }
+};
+
+}  // namespace en_seg

@@ -1,0 +1,98 @@
+// Schemas and argument checks of the fused statistics / apply ops of mixed normalization
+// layers (EN_SPEC.md "Statistics" and "Output"; paper Sec. 3.1-3.3, Eq. 3).
+//
+// Exemplar (and Switchable) Normalization output is an affine map of X per (n, c),
+//   y = scale_nc * (x - center_nc) + shift_nc,
+// whose coefficients are small (N, C) functions of the per-(n, c) moments. So a layer needs
+// BatchNorm's memory passes: channel_moments reads X once, channel_affine reads X and writes
+// Y once; backward, channel_affine_grad_sums reads (dY, X) once and
+// channel_affine_input_grad reads (dY, X) and writes dX once. The (N, C) algebra between
+// them (merging moments into IN / LN / BN statistics, the ratio branch) stays in PyTorch.
+// Centring on the per-(n, c) mean keeps the sums free of cancellation when |mean| >> std.
+//
+// Kernels: moments_apply_cpu.cpp (CPU), cuda/ (CUDA). Fake kernels and autograd formulas:
+// en_seg/ops/fused_norm.py.
+#include "moments_apply.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+namespace en_seg {
+
+Activation check_activation(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, op, ": expects a 4-D (N, C, H, W) input, got shape ", x.sizes());
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat ||
+                  dtype == at::kDouble,
+              op, ": expects float16, bfloat16, float32 or float64, got ", dtype);
+  TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": needs H * W >= 1 to take moments over, got "
+              "shape ", x.sizes());
+  // Prefer (N, C, H, W) when both orders describe the memory (C == 1 or H * W == 1).
+  const bool channels_last =
+      !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return {channels_last ? x : x.contiguous(), x.size(0), x.size(1), x.size(2) * x.size(3),
+          channels_last};
+}
+
+at::Tensor match_activation(const char* op, const char* name, const at::Tensor& t,
+                            const Activation& x) {
+  TORCH_CHECK(t.sizes() == x.tensor.sizes(), op, ": ", name, " has shape ", t.sizes(),
+              ", expected the input's shape ", x.tensor.sizes());
+  TORCH_CHECK(t.scalar_type() == x.tensor.scalar_type(), op, ": ", name, " has dtype ",
+              t.scalar_type(), " but the input has ", x.tensor.scalar_type());
+  TORCH_CHECK(t.device() == x.tensor.device(), op, ": ", name, " is on ", t.device(),
+              " but the input is on ", x.tensor.device());
+  return t.contiguous(x.channels_last ? at::MemoryFormat::ChannelsLast
+                                      : at::MemoryFormat::Contiguous);
+}
+
+at::ScalarType stats_dtype(at::ScalarType activation_dtype) {
+  return activation_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor check_coefficient(const char* op, const char* name, const at::Tensor& t,
+                             const Activation& x) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == x.n && t.size(1) == x.c, op, ": ", name,
+              " has shape ", t.sizes(), ", expected (N, C) = (", x.n, ", ", x.c, ")");
+  const auto expected = stats_dtype(x.tensor.scalar_type());
+  TORCH_CHECK(t.scalar_type() == expected, op, ": ", name, " has dtype ", t.scalar_type(),
+              ", expected ", expected, " for a ", x.tensor.scalar_type(),
+              " input (coefficients are float32, float64 for a float64 input)");
+  TORCH_CHECK(t.device() == x.tensor.device(), op, ": ", name, " is on ", t.device(),
+              " but the input is on ", x.tensor.device());
+  return t.contiguous();
+}
+
+at::Tensor empty_stats(const Activation& x) {
+  return at::empty({x.n, x.c}, x.tensor.options().dtype(stats_dtype(x.tensor.scalar_type())));
+}
+
+at::Tensor empty_activation(const Activation& x) {
+  return at::empty(x.tensor.sizes(), x.tensor.options(),
+                   x.channels_last ? at::MemoryFormat::ChannelsLast
+                                   : at::MemoryFormat::Contiguous);
+}
+
+}  // namespace en_seg
+
+// The schema library (TORCH_LIBRARY) lives in module.cpp; these ops join it as a fragment.
+// Every op takes x (N, C, H, W) in float16 / bfloat16 / float32 / float64, contiguous or
+// channels_last; (N, C) tensors are float32 (float64 for a float64 x); outputs that are
+// activations have x's dtype and layout.
+TORCH_LIBRARY_FRAGMENT(en_seg, m) {
+  m.set_python_module("en_seg.ops.fused_norm");
+  // (mean, var): per-(n, c) mean and biased variance over H * W.
+  m.def("channel_moments(Tensor x) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  // y = scale * (x - center) + shift per (n, c).
+  m.def("channel_affine(Tensor x, Tensor center, Tensor scale, Tensor shift) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // (sum_dy, sum_dy_xc): per-(n, c) sums over H * W of dy and of dy * (x - center).
+  m.def("channel_affine_grad_sums(Tensor grad_y, Tensor x, Tensor center) -> "
+        "(Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  // dx = dy_scale * dy + x_scale * (x - center) + shift per (n, c).
+  m.def("channel_affine_input_grad(Tensor grad_y, Tensor x, Tensor center, Tensor dy_scale, "
+        "Tensor x_scale, Tensor shift) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+}

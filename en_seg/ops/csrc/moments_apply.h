@@ -1,0 +1,42 @@
+// Argument checking shared by the CPU and CUDA kernels of the fused statistics / apply ops
+// en_seg::channel_moments, channel_affine, channel_affine_grad_sums and
+// channel_affine_input_grad (schemas and their math in moments_apply.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace en_seg {
+
+// A 4-D activation (N, C, H, W) as the kernels walk it: dense in one of two layouts.
+struct Activation {
+  at::Tensor tensor;   // contiguous (N, C, H, W) or contiguous in channels_last
+  int64_t n, c, hw;    // N, C and H * W
+  bool channels_last;  // memory order (N, H, W, C) rather than (N, C, H, W)
+};
+
+// Checks x: 4-D, floating point (float16, bfloat16, float32 or float64), H * W >= 1.
+// Returns it dense: as it is when contiguous or channels_last, else a contiguous copy.
+// Raises c10::Error naming `op`, the offending shape or dtype.
+Activation check_activation(const char* op, const at::Tensor& x);
+
+// Checks a second activation (the upstream gradient) against x: same shape, dtype and
+// device. Returns it dense in x's layout (a copy only when it is not already).
+at::Tensor match_activation(const char* op, const char* name, const at::Tensor& t,
+                            const Activation& x);
+
+// The dtype of statistics and coefficients for an activation dtype: float64 for float64,
+// float32 otherwise (EN_SPEC.md: statistics in float32 also for half precision).
+at::ScalarType stats_dtype(at::ScalarType activation_dtype);
+
+// Checks an (N, C) per-(n, c) coefficient: that shape, stats_dtype(x) and x's device.
+// Returns it contiguous.
+at::Tensor check_coefficient(const char* op, const char* name, const at::Tensor& t,
+                             const Activation& x);
+
+// An uninitialised (N, C) tensor of stats_dtype(x) on x's device.
+at::Tensor empty_stats(const Activation& x);
+
+// An uninitialised activation shaped, typed and laid out like x.
+at::Tensor empty_activation(const Activation& x);
+
+}  // namespace en_seg

@@ -1,0 +1,580 @@
+// CPU kernels of en_seg::channel_moments, channel_affine, channel_affine_grad_sums and
+// channel_affine_input_grad (schemas and math in moments_apply.cpp).
+//
+// Memory-bound passes, vectorized with at::vec::Vectorized and spread over threads with
+// at::parallel_for. Accumulation is in at::opmath_type (float32 for half precision and
+// float32, float64 for float64); half-precision data are converted block by block into a
+// small buffer that stays in L1.
+//
+// Layouts. Contiguous (N, C, H, W): every (n, c) plane is one contiguous row of H * W
+// values; rows go to threads whole, and a row is reduced in fixed blocks. channels_last:
+// every sample is an (H * W) x C matrix with contiguous channels; reductions vectorize
+// across channels, split the H * W rows of a sample into a number of segments fixed by the
+// shape, and merge the segments' partial results in order. Either way every result is
+// computed in an order that depends on the shape only, so results are bit-identical for any
+// number of threads.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "moments_apply.h"
+
+namespace en_seg {
+namespace {
+
+using at::vec::Vectorized;
+
+// Values per parallel task, as ATen's TensorIterator grain: smaller loops stay on the
+// calling thread.
+constexpr int64_t kGrain = 32768;
+// Values of a (n, c) row reduced as one block: two passes over a block hit L1 only.
+constexpr int64_t kBlock = 1024;
+// Upper bound on the segments a channels_last sample is split into: enough tasks for the
+// threads, few enough that the (N, segments, C) partial results stay small next to X.
+constexpr int64_t kMaxSegments = 16;
+
+// count values' mean and sum of squared deviations m2.
+template <typename acc_t>
+struct Moments {
+  int64_t count = 0;
+  acc_t mean = 0;
+  acc_t m2 = 0;
+
+  // Chan, Golub & LeVeque's pairwise merge: exact for any split of the data and free of
+  // the cancellation of E[x²] - E[x]².
+  void merge(int64_t count_b, acc_t mean_b, acc_t m2_b) {
+    if (count_b == 0) return;
+    const int64_t total = count + count_b;
+    const acc_t delta = mean_b - mean;
+    const acc_t weight_b = acc_t(count_b) / acc_t(total);
+    mean += delta * weight_b;
+    m2 += m2_b + delta * delta * acc_t(count) * weight_b;
+    count = total;
+  }
+};
+
+// `len` values of `src` as acc_t: `src` itself when it already has that type, else a
+// converted copy in `buf`.
+template <typename acc_t, typename scalar_t>
+const acc_t* as_acc(const scalar_t* src, int64_t len, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+    at::vec::convert(src, buf, len);
+    return buf;
+  }
+}
+
+// Where to compute `len` outputs of type acc_t destined for `dst`: `dst` itself when the
+// types agree, else `buf`, which store_acc then converts into `dst`.
+template <typename acc_t, typename scalar_t>
+acc_t* out_acc(scalar_t* dst, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return dst;
+  } else {
+    return buf;
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+void store_acc(const acc_t* buf, int64_t len, scalar_t* dst) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) at::vec::convert(buf, dst, len);
+}
+
+template <typename acc_t>
+acc_t horizontal_sum(const Vectorized<acc_t>& v) {
+  alignas(64) acc_t lanes[Vectorized<acc_t>::size()];
+  v.store(lanes);
+  acc_t sum = 0;
+  for (int64_t i = 0; i < Vectorized<acc_t>::size(); ++i) sum += lanes[i];
+  return sum;
+}
+
+// Per-(n, c) coefficients as the row loops read them: one value for a whole row (channels
+// first) or one value per element of the row (channels_last, the row spans the channels).
+template <typename acc_t>
+struct RowConstant {
+  acc_t value;
+  Vectorized<acc_t> vec(int64_t) const { return Vectorized<acc_t>(value); }
+  acc_t at(int64_t) const { return value; }
+};
+
+template <typename acc_t>
+struct PerElement {
+  const acc_t* values;
+  Vectorized<acc_t> vec(int64_t i) const { return Vectorized<acc_t>::loadu(values + i); }
+  acc_t at(int64_t i) const { return values[i]; }
+};
+
+// ---------------------------------------------------------------------------------------
+// channel_moments
+
+// Moments of one block in L1: the mean first, then the squared deviations from it.
+template <typename acc_t>
+Moments<acc_t> block_moments(const acc_t* x, int64_t len) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  // Two accumulators so consecutive vector adds do not wait on each other.
+  Vec s0(acc_t(0)), s1(acc_t(0));
+  int64_t i = 0;
+  for (; i + 2 * V <= len; i += 2 * V) {
+    s0 += Vec::loadu(x + i);
+    s1 += Vec::loadu(x + i + V);
+  }
+  for (; i + V <= len; i += V) s0 += Vec::loadu(x + i);
+  acc_t sum = horizontal_sum<acc_t>(s0 + s1);
+  for (; i < len; ++i) sum += x[i];
+  const acc_t mean = sum / acc_t(len);
+
+  const Vec mean_vec(mean);
+  Vec q0(acc_t(0)), q1(acc_t(0));
+  i = 0;
+  for (; i + 2 * V <= len; i += 2 * V) {
+    const Vec d0 = Vec::loadu(x + i) - mean_vec;
+    const Vec d1 = Vec::loadu(x + i + V) - mean_vec;
+    q0 = at::vec::fmadd(d0, d0, q0);
+    q1 = at::vec::fmadd(d1, d1, q1);
+  }
+  for (; i + V <= len; i += V) {
+    const Vec d = Vec::loadu(x + i) - mean_vec;
+    q0 = at::vec::fmadd(d, d, q0);
+  }
+  acc_t m2 = horizontal_sum<acc_t>(q0 + q1);
+  for (; i < len; ++i) m2 += (x[i] - mean) * (x[i] - mean);
+  return {len, mean, m2};
+}
+
+template <typename scalar_t, typename acc_t>
+void moments_channels_first(const Activation& x, acc_t* mean, acc_t* var) {
+  const scalar_t* data = x.tensor.const_data_ptr<scalar_t>();
+  const int64_t hw = x.hw;
+  at::parallel_for(0, x.n * x.c, kGrain / hw + 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(std::is_same_v<scalar_t, acc_t> ? 0 : kBlock);
+    for (int64_t row = begin; row < end; ++row) {
+      const scalar_t* x_row = data + row * hw;
+      Moments<acc_t> total;
+      for (int64_t start = 0; start < hw; start += kBlock) {
+        const int64_t len = std::min(kBlock, hw - start);
+        const Moments<acc_t> b = block_moments(as_acc(x_row + start, len, buf.data()), len);
+        total.merge(b.count, b.mean, b.m2);
+      }
+      mean[row] = total.mean;
+      var[row] = total.m2 / acc_t(hw);
+    }
+  });
+}
+
+// How a channels_last sample's H * W rows split into segments: a count fixed by the shape,
+// each segment carrying about kGrain values.
+struct Segments {
+  int64_t rows_per_segment, count;
+
+  Segments(int64_t hw, int64_t c) {
+    const int64_t wanted = std::clamp<int64_t>(hw * c / kGrain, 1, kMaxSegments);
+    rows_per_segment = (hw + wanted - 1) / wanted;
+    count = (hw + rows_per_segment - 1) / rows_per_segment;
+  }
+};
+
+// A channels_last segment is reduced in tiles of kTileRows rows by kTileChannels channels:
+// 16 KiB of float32, so the two passes over a tile hit L1, and the segment's moments see one
+// merge per kTileRows rows.
+constexpr int64_t kTileRows = 64;
+constexpr int64_t kTileChannels = 64;
+
+// One segment of a channels_last sample (num_rows rows of c channels): per channel, the
+// moments of every tile by two passes, merged in row order by Chan's formula, vectorized
+// across channels (all channels of a tile share one count). Writes the segment's
+// per-channel mean and m2; `buf` holds a converted tile for half precision.
+template <typename scalar_t, typename acc_t>
+void segment_moments(const scalar_t* rows, int64_t num_rows, int64_t c, acc_t* buf,
+                     acc_t* mean, acc_t* m2) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t c0 = 0; c0 < c; c0 += kTileChannels) {
+    const int64_t width = std::min(kTileChannels, c - c0);
+    acc_t* run_mean = mean + c0;
+    acc_t* run_m2 = m2 + c0;
+    std::fill(run_mean, run_mean + width, acc_t(0));
+    std::fill(run_m2, run_m2 + width, acc_t(0));
+    int64_t count = 0;
+    for (int64_t r0 = 0; r0 < num_rows; r0 += kTileRows) {
+      const int64_t height = std::min(kTileRows, num_rows - r0);
+      // The tile: `height` rows of `width` values, `stride` apart.
+      const acc_t* tile;
+      int64_t stride;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        tile = rows + r0 * c + c0;
+        stride = c;
+      } else {
+        for (int64_t r = 0; r < height; ++r) {
+          at::vec::convert(rows + (r0 + r) * c + c0, buf + r * width, width);
+        }
+        tile = buf;
+        stride = width;
+      }
+      const acc_t inv_height = acc_t(1) / acc_t(height);
+      // Chan's merge of (count, run) with (height, tile): weights of the tile's mean and of
+      // the squared difference of the means.
+      const acc_t weight_b = acc_t(height) / acc_t(count + height);
+      const acc_t weight_ab = acc_t(count) * weight_b;
+      int64_t i = 0;
+      for (; i + V <= width; i += V) {
+        Vec sum(acc_t(0));
+        for (int64_t r = 0; r < height; ++r) sum += Vec::loadu(tile + r * stride + i);
+        const Vec tile_mean = sum * Vec(inv_height);
+        Vec sq(acc_t(0));
+        for (int64_t r = 0; r < height; ++r) {
+          const Vec d = Vec::loadu(tile + r * stride + i) - tile_mean;
+          sq = at::vec::fmadd(d, d, sq);
+        }
+        const Vec run = Vec::loadu(run_mean + i);
+        const Vec delta = tile_mean - run;
+        at::vec::fmadd(delta, Vec(weight_b), run).store(run_mean + i);
+        at::vec::fmadd(delta * delta, Vec(weight_ab), Vec::loadu(run_m2 + i) + sq)
+            .store(run_m2 + i);
+      }
+      for (; i < width; ++i) {
+        acc_t sum = 0;
+        for (int64_t r = 0; r < height; ++r) sum += tile[r * stride + i];
+        const acc_t tile_mean = sum * inv_height;
+        acc_t sq = 0;
+        for (int64_t r = 0; r < height; ++r) {
+          const acc_t d = tile[r * stride + i] - tile_mean;
+          sq += d * d;
+        }
+        const acc_t delta = tile_mean - run_mean[i];
+        run_mean[i] += delta * weight_b;
+        run_m2[i] += sq + delta * delta * weight_ab;
+      }
+      count += height;
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void moments_channels_last(const Activation& x, acc_t* mean, acc_t* var) {
+  const scalar_t* data = x.tensor.const_data_ptr<scalar_t>();
+  const int64_t c = x.c, hw = x.hw;
+  const Segments seg(hw, c);
+  // Per (n, segment): C means then C m2s.
+  std::vector<acc_t> partial(x.n * seg.count * 2 * c);
+  at::parallel_for(0, x.n * seg.count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(std::is_same_v<scalar_t, acc_t> ? 0 : kTileRows * kTileChannels);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / seg.count, s = task % seg.count;
+      const int64_t row0 = s * seg.rows_per_segment;
+      const int64_t rows = std::min(seg.rows_per_segment, hw - row0);
+      acc_t* out = partial.data() + task * 2 * c;
+      segment_moments(data + (n * hw + row0) * c, rows, c, buf.data(), out, out + c);
+    }
+  });
+  at::parallel_for(0, x.n * c, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / c, ch = nc % c;
+      Moments<acc_t> total;
+      for (int64_t s = 0; s < seg.count; ++s) {
+        const acc_t* part = partial.data() + (n * seg.count + s) * 2 * c;
+        const int64_t rows = std::min(seg.rows_per_segment, hw - s * seg.rows_per_segment);
+        total.merge(rows, part[ch], part[c + ch]);
+      }
+      mean[nc] = total.mean;
+      var[nc] = total.m2 / acc_t(hw);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(const at::Tensor& input) {
+  const Activation x = check_activation("en_seg::channel_moments", input);
+  at::Tensor mean = empty_stats(x), var = empty_stats(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
+                                  "channel_moments_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (x.channels_last) {
+      moments_channels_last<scalar_t>(x, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
+    } else {
+      moments_channels_first<scalar_t>(x, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
+    }
+  });
+  return {mean, var};
+}
+
+// ---------------------------------------------------------------------------------------
+// channel_affine and channel_affine_input_grad: one elementwise pass
+
+// y = scale * (x - center) + shift over one row.
+template <typename acc_t, typename Coef>
+void affine_row(const acc_t* x, int64_t len, const Coef& center, const Coef& scale,
+                const Coef& shift, acc_t* y) {
+  using Vec = Vectorized<acc_t>;
+  int64_t i = 0;
+  for (; i + Vec::size() <= len; i += Vec::size()) {
+    at::vec::fmadd(scale.vec(i), Vec::loadu(x + i) - center.vec(i), shift.vec(i))
+        .store(y + i);
+  }
+  for (; i < len; ++i) y[i] = scale.at(i) * (x[i] - center.at(i)) + shift.at(i);
+}
+
+// dx = dy_scale * dy + x_scale * (x - center) + shift over one row.
+template <typename acc_t, typename Coef>
+void input_grad_row(const acc_t* dy, const acc_t* x, int64_t len, const Coef& center,
+                    const Coef& dy_scale, const Coef& x_scale, const Coef& shift,
+                    acc_t* dx) {
+  using Vec = Vectorized<acc_t>;
+  int64_t i = 0;
+  for (; i + Vec::size() <= len; i += Vec::size()) {
+    const Vec xc = Vec::loadu(x + i) - center.vec(i);
+    at::vec::fmadd(dy_scale.vec(i), Vec::loadu(dy + i),
+                   at::vec::fmadd(x_scale.vec(i), xc, shift.vec(i)))
+        .store(dx + i);
+  }
+  for (; i < len; ++i) {
+    dx[i] = dy_scale.at(i) * dy[i] + x_scale.at(i) * (x[i] - center.at(i)) + shift.at(i);
+  }
+}
+
+// Calls f(in, out, len, coef_offset, row_coef) over every row of x: rows are (n, c) planes
+// (channels first, coefficients constant along a row) or (n, h, w) pixels (channels_last,
+// one coefficient per element). `in` holds one pointer per activation input, `out` the
+// output row; half precision is converted to acc_t around f in blocks of kBlock.
+template <typename scalar_t, typename acc_t, int kInputs, typename F>
+void for_each_row(const Activation& x, const scalar_t* const (&in)[kInputs], scalar_t* out,
+                  const F& f) {
+  const int64_t row_len = x.channels_last ? x.c : x.hw;
+  const int64_t num_rows = x.tensor.numel() / row_len;
+  at::parallel_for(0, num_rows, kGrain / row_len + 1, [&](int64_t begin, int64_t end) {
+    constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
+    std::vector<acc_t> buf(kConvert ? (kInputs + 1) * kBlock : 0);
+    for (int64_t row = begin; row < end; ++row) {
+      for (int64_t start = 0; start < row_len; start += kBlock) {
+        const int64_t len = std::min(kBlock, row_len - start);
+        const int64_t offset = row * row_len + start;
+        const acc_t* args[kInputs];
+        for (int i = 0; i < kInputs; ++i) {
+          args[i] = as_acc(in[i] + offset, len, buf.data() + i * kBlock);
+        }
+        acc_t* y = out_acc(out + offset, buf.data() + kInputs * kBlock);
+        // Coefficient index: the (n, c) row (channels first) or n * C + first channel.
+        const int64_t coef = x.channels_last ? (row / x.hw) * x.c + start : row;
+        f(args, y, len, coef, !x.channels_last);
+        store_acc(y, len, out + offset);
+      }
+    }
+  });
+}
+
+at::Tensor channel_affine_cpu(const at::Tensor& input, const at::Tensor& center,
+                              const at::Tensor& scale, const at::Tensor& shift) {
+  const char* op = "en_seg::channel_affine";
+  const Activation x = check_activation(op, input);
+  const at::Tensor center_c = check_coefficient(op, "center", center, x);
+  const at::Tensor scale_c = check_coefficient(op, "scale", scale, x);
+  const at::Tensor shift_c = check_coefficient(op, "shift", shift, x);
+  at::Tensor y = empty_activation(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
+                                  "channel_affine_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* ctr = center_c.const_data_ptr<acc_t>();
+    const acc_t* a = scale_c.const_data_ptr<acc_t>();
+    const acc_t* b = shift_c.const_data_ptr<acc_t>();
+    const scalar_t* const in[1] = {x.tensor.const_data_ptr<scalar_t>()};
+    for_each_row<scalar_t, acc_t, 1>(
+        x, in, y.data_ptr<scalar_t>(),
+        [&](const acc_t* const* args, acc_t* out, int64_t len, int64_t k, bool row_const) {
+          if (row_const) {
+            affine_row(args[0], len, RowConstant<acc_t>{ctr[k]}, RowConstant<acc_t>{a[k]},
+                       RowConstant<acc_t>{b[k]}, out);
+          } else {
+            affine_row(args[0], len, PerElement<acc_t>{ctr + k}, PerElement<acc_t>{a + k},
+                       PerElement<acc_t>{b + k}, out);
+          }
+        });
+  });
+  return y;
+}
+
+at::Tensor channel_affine_input_grad_cpu(const at::Tensor& grad_y, const at::Tensor& input,
+                                         const at::Tensor& center, const at::Tensor& dy_scale,
+                                         const at::Tensor& x_scale, const at::Tensor& shift) {
+  const char* op = "en_seg::channel_affine_input_grad";
+  const Activation x = check_activation(op, input);
+  const at::Tensor dy = match_activation(op, "grad_y", grad_y, x);
+  const at::Tensor center_c = check_coefficient(op, "center", center, x);
+  const at::Tensor dy_scale_c = check_coefficient(op, "dy_scale", dy_scale, x);
+  const at::Tensor x_scale_c = check_coefficient(op, "x_scale", x_scale, x);
+  const at::Tensor shift_c = check_coefficient(op, "shift", shift, x);
+  at::Tensor dx = empty_activation(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
+                                  "channel_affine_input_grad_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* ctr = center_c.const_data_ptr<acc_t>();
+    const acc_t* a = dy_scale_c.const_data_ptr<acc_t>();
+    const acc_t* k1 = x_scale_c.const_data_ptr<acc_t>();
+    const acc_t* b = shift_c.const_data_ptr<acc_t>();
+    const scalar_t* const in[2] = {dy.const_data_ptr<scalar_t>(),
+                                   x.tensor.const_data_ptr<scalar_t>()};
+    for_each_row<scalar_t, acc_t, 2>(
+        x, in, dx.data_ptr<scalar_t>(),
+        [&](const acc_t* const* args, acc_t* out, int64_t len, int64_t k, bool row_const) {
+          if (row_const) {
+            input_grad_row(args[0], args[1], len, RowConstant<acc_t>{ctr[k]},
+                           RowConstant<acc_t>{a[k]}, RowConstant<acc_t>{k1[k]},
+                           RowConstant<acc_t>{b[k]}, out);
+          } else {
+            input_grad_row(args[0], args[1], len, PerElement<acc_t>{ctr + k},
+                           PerElement<acc_t>{a + k}, PerElement<acc_t>{k1 + k},
+                           PerElement<acc_t>{b + k}, out);
+          }
+        });
+  });
+  return dx;
+}
+
+// ---------------------------------------------------------------------------------------
+// channel_affine_grad_sums: one reduction pass over (dy, x)
+
+// Adds Σ dy and Σ dy * (x - center) of one block to the running sums.
+template <typename acc_t>
+void block_grad_sums(const acc_t* dy, const acc_t* x, int64_t len, acc_t center,
+                     acc_t& sum_dy, acc_t& sum_dy_xc) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  const Vec center_vec(center);
+  Vec s(acc_t(0)), p(acc_t(0));
+  int64_t i = 0;
+  for (; i + V <= len; i += V) {
+    const Vec g = Vec::loadu(dy + i);
+    s += g;
+    p = at::vec::fmadd(g, Vec::loadu(x + i) - center_vec, p);
+  }
+  acc_t block_s = horizontal_sum<acc_t>(s), block_p = horizontal_sum<acc_t>(p);
+  for (; i < len; ++i) {
+    block_s += dy[i];
+    block_p += dy[i] * (x[i] - center);
+  }
+  // Summing per block first keeps each running sum's error independent of H * W.
+  sum_dy += block_s;
+  sum_dy_xc += block_p;
+}
+
+template <typename scalar_t, typename acc_t>
+void grad_sums_channels_first(const scalar_t* dy, const Activation& x, const acc_t* center,
+                              acc_t* sum_dy, acc_t* sum_dy_xc) {
+  const scalar_t* data = x.tensor.const_data_ptr<scalar_t>();
+  const int64_t hw = x.hw;
+  at::parallel_for(0, x.n * x.c, kGrain / hw + 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(std::is_same_v<scalar_t, acc_t> ? 0 : 2 * kBlock);
+    for (int64_t row = begin; row < end; ++row) {
+      acc_t s = 0, p = 0;
+      for (int64_t start = 0; start < hw; start += kBlock) {
+        const int64_t len = std::min(kBlock, hw - start);
+        const int64_t offset = row * hw + start;
+        block_grad_sums(as_acc(dy + offset, len, buf.data()),
+                        as_acc(data + offset, len, buf.data() + kBlock), len, center[row],
+                        s, p);
+      }
+      sum_dy[row] = s;
+      sum_dy_xc[row] = p;
+    }
+  });
+}
+
+// One segment of a channels_last sample: per-channel Σ dy and Σ dy * (x - center),
+// vectorized across channels.
+template <typename scalar_t, typename acc_t>
+void segment_grad_sums(const scalar_t* dy, const scalar_t* x, int64_t num_rows, int64_t c,
+                       const acc_t* center, acc_t* buf, acc_t* sum_dy, acc_t* sum_dy_xc) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  std::fill(sum_dy, sum_dy + c, acc_t(0));
+  std::fill(sum_dy_xc, sum_dy_xc + c, acc_t(0));
+  for (int64_t r = 0; r < num_rows; ++r) {
+    const acc_t* g = as_acc(dy + r * c, c, buf);
+    const acc_t* v = as_acc(x + r * c, c, buf + c);
+    int64_t i = 0;
+    for (; i + V <= c; i += V) {
+      const Vec gv = Vec::loadu(g + i);
+      (Vec::loadu(sum_dy + i) + gv).store(sum_dy + i);
+      at::vec::fmadd(gv, Vec::loadu(v + i) - Vec::loadu(center + i),
+                     Vec::loadu(sum_dy_xc + i))
+          .store(sum_dy_xc + i);
+    }
+    for (; i < c; ++i) {
+      sum_dy[i] += g[i];
+      sum_dy_xc[i] += g[i] * (v[i] - center[i]);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void grad_sums_channels_last(const scalar_t* dy, const Activation& x, const acc_t* center,
+                             acc_t* sum_dy, acc_t* sum_dy_xc) {
+  const scalar_t* data = x.tensor.const_data_ptr<scalar_t>();
+  const int64_t c = x.c, hw = x.hw;
+  const Segments seg(hw, c);
+  // Per (n, segment): C sums of dy then C sums of dy * (x - center).
+  std::vector<acc_t> partial(x.n * seg.count * 2 * c);
+  at::parallel_for(0, x.n * seg.count, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(std::is_same_v<scalar_t, acc_t> ? 0 : 2 * c);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / seg.count, s = task % seg.count;
+      const int64_t row0 = s * seg.rows_per_segment;
+      const int64_t rows = std::min(seg.rows_per_segment, hw - row0);
+      const int64_t offset = (n * hw + row0) * c;
+      acc_t* out = partial.data() + task * 2 * c;
+      segment_grad_sums(dy + offset, data + offset, rows, c, center + n * c, buf.data(), out,
+                        out + c);
+    }
+  });
+  at::parallel_for(0, x.n * c, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / c, ch = nc % c;
+      acc_t s = 0, p = 0;
+      for (int64_t k = 0; k < seg.count; ++k) {
+        const acc_t* part = partial.data() + (n * seg.count + k) * 2 * c;
+        s += part[ch];
+        p += part[c + ch];
+      }
+      sum_dy[nc] = s;
+      sum_dy_xc[nc] = p;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cpu(const at::Tensor& grad_y,
+                                                                const at::Tensor& input,
+                                                                const at::Tensor& center) {
+  const char* op = "en_seg::channel_affine_grad_sums";
+  const Activation x = check_activation(op, input);
+  const at::Tensor dy = match_activation(op, "grad_y", grad_y, x);
+  const at::Tensor center_c = check_coefficient(op, "center", center, x);
+  at::Tensor sum_dy = empty_stats(x), sum_dy_xc = empty_stats(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
+                                  "channel_affine_grad_sums_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto sums = x.channels_last ? &grad_sums_channels_last<scalar_t, acc_t>
+                                      : &grad_sums_channels_first<scalar_t, acc_t>;
+    sums(dy.const_data_ptr<scalar_t>(), x, center_c.const_data_ptr<acc_t>(),
+         sum_dy.data_ptr<acc_t>(), sum_dy_xc.data_ptr<acc_t>());
+  });
+  return {sum_dy, sum_dy_xc};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(en_seg, CPU, m) {
+  m.impl("channel_moments", &channel_moments_cpu);
+  m.impl("channel_affine", &channel_affine_cpu);
+  m.impl("channel_affine_grad_sums", &channel_affine_grad_sums_cpu);
+  m.impl("channel_affine_input_grad", &channel_affine_input_grad_cpu);
+}
+
+}  // namespace en_seg
