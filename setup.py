@@ -45,7 +45,10 @@ def _extension():
     # at::parallel_for runs serially unless the including file is built with OpenMP;
     # libtorch on Linux ships and loads the same libgomp.
     openmp = ['-fopenmp'] if sys.platform.startswith('linux') else []
-    cxx_flags = ['-O3'] + openmp
+    # -fno-trapping-math, as torch's own build: no kernel reads floating-point exception
+    # flags, and without it GCC will not vectorize loops with a select, such as the ratio
+    # op's tanh (csrc/ratio_math.h); results are unchanged.
+    cxx_flags = ['-O3', '-fno-trapping-math'] + openmp
     if not _build_cuda():
         return CppExtension('en_seg.ops._C', sources,
                             extra_compile_args={'cxx': cxx_flags}, extra_link_args=openmp)

@@ -13,7 +13,8 @@ from en_seg.models import ExemplarNorm2d
 
 
 def main() -> None:
-    cfg = Config(dict(launcher='pytorch'))
+    # A short collective timeout: a lost peer fails the test instead of hanging it.
+    cfg = Config(dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(timeout=120))))
     prepare_launch(cfg)
     rank = dist.get_rank()
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
@@ -46,10 +47,16 @@ def ratio_inputs(n, k, c, r, dtype=torch.float64, device='cpu', seed=0):
 
 
 def op():
+    """The op itself, which returns (ratios, activations)."""
     assert ratio_op.EXTENSION_AVAILABLE, (
         'en_seg.ops._C is not built; run `pip install --no-build-isolation -e .` (or '
         '`make test`) before the tests')
     return torch.ops.en_seg.exemplar_ratios.default
+
+
+def op_ratios(*inputs):
+    """The op's ratios λ alone, as the reference returns them."""
+    return op()(*inputs)[0]
 
 
 def ratios_and_grads(fn, inputs, seed=1):
@@ -73,27 +80,73 @@ def test_opcheck_passes_on_cpu(dtype):
     torch.library.opcheck(op(), ratio_inputs(3, 3, 64, 8, dtype))
 
 
+def backward_inputs(n, k, c, r, dtype=torch.float64, device='cpu'):
+    """The backward op's 9 inputs: an upstream gradient, the forward's outputs and its
+    inputs other than the biases."""
+    inputs = [t.detach() for t in ratio_inputs(n, k, c, r, dtype, device)]
+    ratios, activations = op()(*inputs)
+    grad = torch.randn(n, k, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    pooled, means, rstds, conv_w, fc1_w, _, fc2_w, _ = inputs
+    return [grad.to(device), ratios, activations, pooled, means, rstds, conv_w, fc1_w, fc2_w]
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=str)
+def test_backward_opcheck_passes_on_cpu(dtype):
+    torch.library.opcheck(torch.ops.en_seg.exemplar_ratios_backward.default,
+                          backward_inputs(3, 3, 64, 8, dtype))
+
+
 @requires_cuda
 def test_opcheck_passes_on_cuda():
     torch.library.opcheck(op(), ratio_inputs(3, 3, 64, 8, torch.float32, 'cuda'))
+    torch.library.opcheck(torch.ops.en_seg.exemplar_ratios_backward.default,
+                          backward_inputs(3, 3, 64, 8, torch.float32, 'cuda'))
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize('n, k, c, r', CASES)
 def test_forward_and_gradients_equal_the_reference(n, k, c, r, dtype):
     inputs = ratio_inputs(n, k, c, r, dtype)
-    assert_close_scaled(ratios_and_grads(op(), inputs),
+    assert_close_scaled(ratios_and_grads(op_ratios, inputs),
                         ratios_and_grads(exemplar_ratios_reference, inputs), TOLERANCES[dtype])
 
 
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize('n, k, c, r', CASES[:4])
+def test_activations_are_the_gram_entries_and_hidden_units_of_every_sample(n, k, c, r, dtype):
+    # From EN_SPEC.md "Ratio branch" steps 2-5, written here independently of the kernels.
+    pooled, means, rstds, conv_w, fc1_w, fc1_b, *_ = inputs = ratio_inputs(n, k, c, r, dtype)
+    x_hat = (pooled[:, None] - means) * rstds
+    z = (x_hat.reshape(n, k, c // r, r) * conv_w.reshape(c // r, r)).sum(-1)
+    v = torch.einsum('nag,nbg->nab', z, z).reshape(n, k * k)
+    h = torch.tanh(F.linear(v, fc1_w, fc1_b))
+    ratios, activations = op()(*inputs)
+    assert activations.shape == (n, k * k + fc1_w.shape[0]) and activations.dtype == dtype
+    assert not activations.requires_grad and ratios.requires_grad
+    assert_close_scaled([activations[:, :k * k], activations[:, k * k:]],
+                        [v.detach(), h.detach()], TOLERANCES[dtype])
+
+
+def test_float32_tanh_is_within_2e_7_of_torch_including_saturation_and_nan():
+    # With fc1's weight zero the hidden units are tanh(b1): b1 spans [-30, 30], beyond the
+    # kernel's clamp at |x| = 9, and holds 0, ±1e-6 and a NaN.
+    inputs = [t.detach() for t in ratio_inputs(2, 3, 64, 8, torch.float32)]
+    fc1_b = torch.cat([torch.linspace(-30, 30, 145), torch.tensor([0, 1e-6, -1e-6, 9, -9])])
+    inputs[4], inputs[5] = torch.zeros_like(inputs[4]), fc1_b
+    hidden = op()(*inputs)[1][:, 9:]
+    torch.testing.assert_close(hidden, torch.tanh(fc1_b).expand(2, -1), rtol=0, atol=2e-7)
+    inputs[5] = fc1_b.clone().index_fill_(0, torch.tensor([7]), float('nan'))
+    assert op()(*inputs)[1][:, 9 + 7].isnan().all()
+
+
 def test_ratios_are_a_softmax_over_normalizers():
-    ratios = op()(*ratio_inputs(16, 3, 256, 32))
+    ratios = op_ratios(*ratio_inputs(16, 3, 256, 32))
     assert (ratios > 0).all()
     torch.testing.assert_close(ratios.sum(1), torch.ones(16, dtype=torch.float64))
 
 
 def test_gradcheck_in_float64():
-    assert torch.autograd.gradcheck(op(), ratio_inputs(3, 3, 16, 4))
+    assert torch.autograd.gradcheck(op_ratios, ratio_inputs(3, 3, 16, 4))
 
 
 def test_gradients_are_bit_identical_across_runs_and_thread_counts():
@@ -103,10 +156,10 @@ def test_gradients_are_bit_identical_across_runs_and_thread_counts():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        first = ratios_and_grads(op(), inputs)
-        second = ratios_and_grads(op(), inputs)
+        first = ratios_and_grads(op_ratios, inputs)
+        second = ratios_and_grads(op_ratios, inputs)
         torch.set_num_threads(1)
-        serial = ratios_and_grads(op(), inputs)
+        serial = ratios_and_grads(op_ratios, inputs)
     finally:
         torch.set_num_threads(threads)
     for a, b, c in zip(first, second, serial):
@@ -120,15 +173,15 @@ def test_cuda_kernel_equals_cpu_kernel_and_reference(n, k, c, r):
         'en_seg.ops._C has no CUDA kernels; rebuild with a CUDA torch and nvcc on the PATH')
     inputs = ratio_inputs(n, k, c, r, torch.float32)
     cuda_inputs = [t.detach().cuda().requires_grad_() for t in inputs]
-    on_cuda = [t.cpu() for t in ratios_and_grads(op(), cuda_inputs)]
-    assert_close_scaled(on_cuda, ratios_and_grads(op(), inputs), 1e-5)
+    on_cuda = [t.cpu() for t in ratios_and_grads(op_ratios, cuda_inputs)]
+    assert_close_scaled(on_cuda, ratios_and_grads(op_ratios, inputs), 1e-5)
     assert_close_scaled(on_cuda, ratios_and_grads(exemplar_ratios_reference, inputs), 1e-5)
 
 
 @requires_cuda
 def test_cuda_gradients_are_bit_identical_across_runs():
     inputs = ratio_inputs(64, 3, 2048, 8, torch.float32, 'cuda')
-    for a, b in zip(ratios_and_grads(op(), inputs), ratios_and_grads(op(), inputs)):
+    for a, b in zip(ratios_and_grads(op_ratios, inputs), ratios_and_grads(op_ratios, inputs)):
         assert torch.equal(a, b)
 
 
@@ -153,10 +206,18 @@ def test_more_normalizers_than_the_kernels_hold_are_rejected():
         op()(*ratio_inputs(2, 9, 32, 8))
 
 
-def test_backward_op_rejects_a_gradient_of_the_wrong_shape():
-    with pytest.raises(RuntimeError, match=r'grad has shape \[2, 2\], expected \(N, K\)'):
-        torch.ops.en_seg.exemplar_ratios_backward(torch.zeros(2, 2, dtype=torch.float64),
-                                                  *ratio_inputs(2, 3, 64, 8))
+@pytest.mark.parametrize('index, shape, match', [
+    (0, (2, 2), r'grad has shape \[2, 2\], expected \(N, K\) = \[2, 3\]'),
+    (1, (3, 3), r'ratios has shape \[3, 3\], expected \(N, K\) = \[2, 3\]'),
+    (2, (2, 150), r'activations has shape \[2, 150\], expected \(N, K \* K \+ P\) = '
+                  r'\[2, 159\]'),
+], ids=['grad', 'ratios', 'activations'])
+def test_backward_op_rejects_gradients_and_saved_outputs_of_the_wrong_shape(index, shape,
+                                                                            match):
+    inputs = backward_inputs(2, 3, 64, 8)
+    inputs[index] = torch.zeros(shape, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.en_seg.exemplar_ratios_backward(*inputs)
 
 
 def test_op_and_its_backward_compile_into_one_graph():
@@ -215,7 +276,8 @@ def test_layer_uses_the_op_by_default_and_rejects_unknown_implementations():
 
 def test_unbuilt_extension_falls_back_to_the_reference_with_one_warning(monkeypatch):
     monkeypatch.setattr(ratio_op, 'EXTENSION_AVAILABLE', False)
-    monkeypatch.setattr(ratio_op, '_OP_KERNELS', frozenset())
+    monkeypatch.setattr(ratio_op, '_OP_CPU_DTYPES', ())
+    monkeypatch.setattr(ratio_op, '_OP_CUDA_DTYPES', ())
     monkeypatch.setattr(ratio_op, '_warned', set())
     layer = randomized_layer(torch.float32)
     reference = copy.deepcopy(layer)

@@ -13,6 +13,9 @@ What is measured:
   median, wall or ``--clock cpu`` time); the variants are measured in turn ``--repeats``
   times and the lowest median counts, which filters out other processes on a shared
   machine.
+- On the CPU denormal floats are flushed to zero (``torch.set_flush_denormal``): x86 CPUs
+  take ~100x longer on them, and a randomly initialised network's gradients drift into them
+  after a few training steps, which made one model iteration take from 5 s to 13 s.
 - Peak memory: the largest total of tensor bytes the step allocates on top of what was
   allocated before it (inputs, parameters, optimizer state): outputs, saved activations,
   gradients, temporaries. On the CPU from every allocation and free torch.profiler records
@@ -131,6 +134,10 @@ def _prepare(args: argparse.Namespace) -> str:
                          'en_seg.ops._C: run `pip install --no-build-isolation -e .` first')
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    # x86 CPUs compute on denormal floats ~100x slower, and a randomly initialised network's
+    # gradients drift into them after a few steps, unevenly between runs: flush them to
+    # zero (returns False where the CPU cannot), so that times measure the arithmetic.
+    torch.set_flush_denormal(args.device == 'cpu')
     machine = args.environment(args)
     if args.device == 'cpu':
         machine += f' ({os.cpu_count()} logical CPUs)'
@@ -210,7 +217,8 @@ def layer_markdown(rows, device: str, machine: str) -> str:
     lines = [
         f'### One layer, forward + backward ({device})', '', machine, '',
         'Time: forward + backward (gradients of the input and every parameter), training '
-        'mode, float32, contiguous NCHW; the lowest of the medians of the measuring rounds. '
+        'mode, float32, contiguous NCHW; the lowest of the medians of the measuring rounds; '
+        'on the CPU denormals flushed to zero. '
         'Peak memory: tensor bytes the step allocates on top of its input, gradient and '
         'parameters. Ratios are to BN.',
         '',
@@ -365,7 +373,9 @@ def model_markdown(args, seconds, memory, stats, machine: str) -> str:
         f'in backbone, decode and auxiliary heads, random init; batch {args.batch}, '
         f'{args.size}×{args.size} crops, 150 classes. Iteration: `model.train_step` (data '
         'preprocessing, forward with both losses, backward, SGD step with momentum); fastest '
-        f'of {args.repeats}. Peak memory: tensor bytes the iteration allocates on top of the '
+        f'of {args.repeats}, on the CPU with denormals flushed to zero (the gradients of a '
+        'randomly initialised network drift into denormals, which x86 CPUs compute ~100× '
+        'slower). Peak memory: tensor bytes the iteration allocates on top of the '
         'model, its gradients and the optimizer state. Parameters and GFLOPs: mmengine '
         f'FlopAnalyzer, one {args.size}×{args.size} image, inference (a multiply-add is one '
         'FLOP; BN counts 2 FLOPs per element; EN 3 per element for its moments, 2 for its '

@@ -10,17 +10,16 @@ kept on: only the classes mmengine stores are allow-listed (en_seg.checkpoint).
 """
 import argparse
 import copy
-import os
 import os.path as osp
 from typing import Dict
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from en_seg.checkpoint import mmengine_checkpoint_globals
-from en_seg.engine import prepare_launch
+from en_seg.engine import add_run_arguments, load_run_config, prepare_launch
 from en_seg.evaluation import format_metrics_table
 
 
@@ -28,7 +27,6 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Evaluate a segmentor (en-seg)')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file written by tools/train.py')
-    parser.add_argument('--work-dir', help='where the evaluation logs are written')
     parser.add_argument('--out', help='directory to save the predicted label maps')
     parser.add_argument('--show-dir', help='directory to save painted predictions')
     mode = parser.add_mutually_exclusive_group()
@@ -36,14 +34,8 @@ def parse_args() -> argparse.Namespace:
                       help='multi-scale + flip test (the config\'s tta_pipeline)')
     mode.add_argument('--ss-ms', action='store_true',
                       help='single-scale and multi-scale + flip, printed in one table')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. test_dataloader.batch_size=1')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_run_arguments(parser)
+    return parser.parse_args()
 
 
 def enable_tta(cfg: Config) -> None:
@@ -89,14 +81,7 @@ def main() -> None:
     args = parse_args()
     if not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint} does not exist')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_run_config(args)
     cfg.load_from = args.checkpoint
     # Per-class IoU for the table; the evaluator's other settings are kept.
     if cfg.test_evaluator.get('type') == 'IoUMetric':

@@ -5,9 +5,15 @@ in C++ (csrc/module.cpp) with CPU and CUDA kernels; this module registers its fa
 so that ``torch.compile`` traces it without a graph break, and its autograd formula (the
 op ``en_seg::exemplar_ratios_backward``). Where the extension is not built, the pure-PyTorch
 reference :func:`~en_seg.models.ratio_branch.exemplar_ratios_reference` takes over.
+
+``torch.ops.en_seg.exemplar_ratios(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w,
+fc2_b)`` returns ``(ratios, activations)``: the ratios λ (N, K) and, for its backward,
+every sample's v = z zᵀ and hidden activations h = tanh(W1 v + b1) as activations
+(N, K² + πK), not differentiable. The backward reuses them instead of recomputing the
+forward.
 """
 import warnings
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -28,13 +34,13 @@ EXTENSION_AVAILABLE = hasattr(torch.ops.en_seg, 'exemplar_ratios')
 CUDA_KERNELS_AVAILABLE = EXTENSION_AVAILABLE and (
     torch._C._dispatch_has_kernel_for_dispatch_key('en_seg::exemplar_ratios', 'CUDA'))
 
-# (device type, dtype) pairs the kernels take: float32 and float64 on the CPU (float64 to
-# check gradients), float32 on CUDA. Other inputs run the reference.
-_KERNELS_OF_A_FULL_BUILD = frozenset({('cpu', torch.float32), ('cpu', torch.float64),
-                                      ('cuda', torch.float32)})
-_OP_KERNELS = frozenset(
-    (device, dtype) for device, dtype in _KERNELS_OF_A_FULL_BUILD
-    if EXTENSION_AVAILABLE and (device == 'cpu' or CUDA_KERNELS_AVAILABLE))
+# The dtypes a full build has kernels for: float32 and float64 on the CPU (float64 to check
+# gradients), float32 on CUDA. Other inputs run the reference.
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32,)
+# Those this build has kernels for.
+_OP_CPU_DTYPES = _CPU_DTYPES if EXTENSION_AVAILABLE else ()
+_OP_CUDA_DTYPES = _CUDA_DTYPES if CUDA_KERNELS_AVAILABLE else ()
 
 #: Implementations of the ratio branch :func:`exemplar_ratios` can run.
 RATIO_IMPLS = ('op', 'reference')
@@ -89,25 +95,32 @@ def exemplar_ratios(pooled: Tensor, means: Tensor, rstds: Tensor, conv_weight: T
     """
     args = (pooled, means, rstds, conv_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     if impl == 'op':
-        # One set lookup on the hot path: the layer calls this once per forward.
-        if (pooled.device.type, pooled.dtype) in _OP_KERNELS:
-            return torch.ops.en_seg.exemplar_ratios.default(*args)
+        # The layer calls this once per forward: Tensor.is_cpu / is_cuda rather than
+        # device.type, which builds a device and a string, costs microseconds per
+        # forward + backward at N = 2 (docs/benchmark_ratio.md).
+        if pooled.dtype in _dtypes_for_device(pooled, _OP_CPU_DTYPES, _OP_CUDA_DTYPES):
+            return _OP(*args)[0]
         _warn_if_not_built(pooled)
     else:
         check_ratio_impl(impl)
     return exemplar_ratios_reference(*args)
 
 
+def _dtypes_for_device(pooled: Tensor, cpu: Tuple[torch.dtype, ...],
+                       cuda: Tuple[torch.dtype, ...]) -> Tuple[torch.dtype, ...]:
+    """``cpu`` or ``cuda`` after pooled's device; none for other devices."""
+    return cpu if pooled.is_cpu else cuda if pooled.is_cuda else ()
+
+
 def _warn_if_not_built(pooled: Tensor) -> None:
     """Warn, once per cause, where a complete build would have had a kernel for pooled."""
-    device = pooled.device.type
-    if (device, pooled.dtype) not in _KERNELS_OF_A_FULL_BUILD:
+    if pooled.dtype not in _dtypes_for_device(pooled, _CPU_DTYPES, _CUDA_DTYPES):
         return
     if not EXTENSION_AVAILABLE:
         _warn_once(f'en_seg: the compiled ratio op en_seg.ops._C could not be loaded '
                    f'({_LOAD_ERROR}); ExemplarNorm2d uses the slower pure-PyTorch reference '
                    f'instead. To use the op, {_BUILD_HINT}.')
-    elif device == 'cuda':
+    elif pooled.is_cuda:
         _warn_once('en_seg: en_seg.ops._C was built without CUDA kernels (torch without CUDA '
                    'or nvcc not found at build time); ExemplarNorm2d uses the slower '
                    f'pure-PyTorch reference on the GPU. To use the op, {_BUILD_HINT} with a '
@@ -121,24 +134,45 @@ def _warn_once(message: str) -> None:
 
 
 if EXTENSION_AVAILABLE:
+    # The overloads themselves: calling them skips the overload resolution of the packets
+    # torch.ops.en_seg.exemplar_ratios(_backward).
+    _OP = torch.ops.en_seg.exemplar_ratios.default
+    _BACKWARD_OP = torch.ops.en_seg.exemplar_ratios_backward.default
 
     @torch.library.register_fake('en_seg::exemplar_ratios')
     def _exemplar_ratios_fake(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b):
-        torch._check(pooled.dim() == 2 and means.dim() == 3,
-                     lambda: 'en_seg::exemplar_ratios: pooled must be (N, C) and means '
-                             f'(N, K, C), got {tuple(pooled.shape)} and {tuple(means.shape)}')
-        return pooled.new_empty(means.shape[:2])
+        torch._check(pooled.dim() == 2 and means.dim() == 3 and fc1_w.dim() == 2,
+                     lambda: 'en_seg::exemplar_ratios: pooled must be (N, C), means '
+                             f'(N, K, C) and fc1_w (P, K * K), got {tuple(pooled.shape)}, '
+                             f'{tuple(means.shape)} and {tuple(fc1_w.shape)}')
+        n, k = means.shape[:2]
+        return pooled.new_empty(n, k), pooled.new_empty(n, k * k + fc1_w.shape[0])
 
     @torch.library.register_fake('en_seg::exemplar_ratios_backward')
-    def _exemplar_ratios_backward_fake(grad, *inputs):
-        return tuple(torch.empty_like(tensor, memory_format=torch.contiguous_format)
-                     for tensor in inputs)
+    def _exemplar_ratios_backward_fake(grad, ratios, activations, pooled, means, rstds, conv_w,
+                                       fc1_w, fc2_w):
+        def like(tensor):
+            return torch.empty_like(tensor, memory_format=torch.contiguous_format)
 
-    def _setup_context(ctx, inputs: Tuple[Tensor, ...], output: Tensor) -> None:
-        ctx.save_for_backward(*inputs)
+        return (like(pooled), like(means), like(rstds), like(conv_w), like(fc1_w),
+                fc1_w.new_empty(fc1_w.shape[0]), like(fc2_w), fc2_w.new_empty(fc2_w.shape[0]))
 
-    def _backward(ctx, grad: Tensor) -> Tuple[Tensor, ...]:
-        return torch.ops.en_seg.exemplar_ratios_backward.default(grad, *ctx.saved_tensors)
+    def _setup_context(ctx, inputs: Tuple[Tensor, ...],
+                       output: Tuple[Tensor, Tensor]) -> None:
+        # The backward needs neither bias, and takes v and h from the activations rather
+        # than recomputing them. Nothing flows back through the activations: marking them
+        # non-differentiable, without materialized gradients, spares the engine a zero
+        # tensor per backward.
+        pooled, means, rstds, conv_w, fc1_w, _, fc2_w, _ = inputs
+        ratios, activations = output
+        ctx.mark_non_differentiable(activations)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(ratios, activations, pooled, means, rstds, conv_w, fc1_w, fc2_w)
+
+    def _backward(ctx, grad: Optional[Tensor], _: None) -> Tuple[Optional[Tensor], ...]:
+        if grad is None:  # an undefined gradient of the ratios: nothing flows back
+            return (None,) * 8
+        return _BACKWARD_OP(grad, *ctx.saved_tensors)
 
     torch.library.register_autograd('en_seg::exemplar_ratios', _backward,
                                     setup_context=_setup_context)

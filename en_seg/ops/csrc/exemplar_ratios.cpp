@@ -1,9 +1,11 @@
 #include "exemplar_ratios.h"
 
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 
-#include <vector>
+#include <initializer_list>
+#include <utility>
 
 namespace en_seg {
 namespace {
@@ -14,27 +16,32 @@ void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t di
               expected);
 }
 
-void check_shape(const char* op, const char* name, const at::Tensor& t,
-                 const std::vector<int64_t>& shape, const char* expected) {
-  TORCH_CHECK(t.sizes() == c10::IntArrayRef(shape), op, ": ", name, " has shape ", t.sizes(),
-              ", expected ", expected, " = ", c10::IntArrayRef(shape));
+// `shape` is a braced list at every call: an IntArrayRef of it allocates nothing, and the
+// checks run on every call of the ops.
+void check_shape(const char* op, const char* name, const at::Tensor& t, c10::IntArrayRef shape,
+                 const char* expected) {
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " has shape ", t.sizes(), ", expected ",
+              expected, " = ", shape);
 }
 
-void check_like(const char* op, const char* name, const at::Tensor& t,
-                const at::Tensor& pooled) {
-  TORCH_CHECK(t.scalar_type() == pooled.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but pooled has ", pooled.scalar_type(),
-              "; pass every tensor in one floating dtype");
-  TORCH_CHECK(t.device() == pooled.device(), op, ": ", name, " is on ", t.device(),
-              " but pooled is on ", pooled.device(), "; pass every tensor on one device");
+using NamedTensors = std::initializer_list<std::pair<const char*, const at::Tensor*>>;
+
+// Every tensor in `tensors` has pooled's dtype and device.
+void check_like(const char* op, NamedTensors tensors, const at::Tensor& pooled) {
+  for (const auto& [name, t] : tensors) {
+    TORCH_CHECK(t->scalar_type() == pooled.scalar_type(), op, ": ", name, " has dtype ",
+                t->scalar_type(), " but pooled has ", pooled.scalar_type(),
+                "; pass every tensor in one floating dtype");
+    TORCH_CHECK(t->device() == pooled.device(), op, ": ", name, " is on ", t->device(),
+                " but pooled is on ", pooled.device(), "; pass every tensor on one device");
+  }
 }
 
-}  // namespace
-
-RatioArgs check_ratio_args(const char* op, const at::Tensor& pooled, const at::Tensor& means,
-                           const at::Tensor& rstds, const at::Tensor& conv_w,
-                           const at::Tensor& fc1_w, const at::Tensor& fc1_b,
-                           const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
+// The checks both ops share: the statistics, the convolution and both weight matrices.
+ratio::Sizes check_statistics_and_weights(const char* op, const at::Tensor& pooled,
+                                          const at::Tensor& means, const at::Tensor& rstds,
+                                          const at::Tensor& conv_w, const at::Tensor& fc1_w,
+                                          const at::Tensor& fc2_w) {
   TORCH_CHECK(at::isFloatingType(pooled.scalar_type()), op,
               ": expects floating-point tensors, got pooled of dtype ", pooled.scalar_type());
   check_dim(op, "pooled", pooled, 2, "(N, C)");
@@ -56,27 +63,59 @@ RatioArgs check_ratio_args(const char* op, const at::Tensor& pooled, const at::T
   TORCH_CHECK(groups * r == c && conv_w.size(2) == 1, op, ": conv_w has shape ",
               conv_w.sizes(), ", expected (C / r, r, 1) with (C / r) * r = C = ", c);
   check_shape(op, "fc1_w", fc1_w, {hidden, k * k}, "(P, K * K)");
-  check_shape(op, "fc1_b", fc1_b, {hidden}, "(P,)");
   check_shape(op, "fc2_w", fc2_w, {k, hidden}, "(K, P)");
-  check_shape(op, "fc2_b", fc2_b, {k}, "(K,)");
-  const char* names[] = {"means", "rstds", "conv_w", "fc1_w", "fc1_b", "fc2_w", "fc2_b"};
-  const at::Tensor* tensors[] = {&means, &rstds, &conv_w, &fc1_w, &fc1_b, &fc2_w, &fc2_b};
-  for (int i = 0; i < 7; ++i) check_like(op, names[i], *tensors[i], pooled);
+  check_like(op,
+             {{"means", &means}, {"rstds", &rstds}, {"conv_w", &conv_w}, {"fc1_w", &fc1_w},
+              {"fc2_w", &fc2_w}},
+             pooled);
+  return ratio::Sizes{n, c, r, hidden, static_cast<int>(k)};
+}
+
+}  // namespace
+
+RatioArgs check_ratio_args(const char* op, const at::Tensor& pooled, const at::Tensor& means,
+                           const at::Tensor& rstds, const at::Tensor& conv_w,
+                           const at::Tensor& fc1_w, const at::Tensor& fc1_b,
+                           const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
+  const ratio::Sizes sizes =
+      check_statistics_and_weights(op, pooled, means, rstds, conv_w, fc1_w, fc2_w);
+  check_shape(op, "fc1_b", fc1_b, {sizes.hidden}, "(P,)");
+  check_shape(op, "fc2_b", fc2_b, {sizes.k}, "(K,)");
+  check_like(op, {{"fc1_b", &fc1_b}, {"fc2_b", &fc2_b}}, pooled);
   return {pooled.contiguous(), means.contiguous(), rstds.contiguous(), conv_w.contiguous(),
           fc1_w.contiguous(),  fc1_b.contiguous(), fc2_w.contiguous(), fc2_b.contiguous(),
-          ratio::Sizes{n, c, r, hidden, static_cast<int>(k)}};
+          sizes};
 }
 
-at::Tensor check_ratio_grad(const char* op, const at::Tensor& grad, const RatioArgs& args) {
-  check_shape(op, "grad", grad, {args.sizes.n, args.sizes.k}, "(N, K)");
-  check_like(op, "grad", grad, args.pooled);
-  return grad.contiguous();
+std::tuple<at::Tensor, at::Tensor> empty_ratio_outputs(const RatioArgs& args) {
+  const auto options = args.pooled.options();
+  return {at::empty({args.sizes.n, args.sizes.k}, options),
+          at::empty({args.sizes.n, args.sizes.activations()}, options)};
 }
 
-RatioGradBuffers::RatioGradBuffers(const RatioArgs& args)
+RatioBackwardArgs check_ratio_backward_args(
+    const char* op, const at::Tensor& grad, const at::Tensor& ratios,
+    const at::Tensor& activations, const at::Tensor& pooled, const at::Tensor& means,
+    const at::Tensor& rstds, const at::Tensor& conv_w, const at::Tensor& fc1_w,
+    const at::Tensor& fc2_w) {
+  const ratio::Sizes sizes =
+      check_statistics_and_weights(op, pooled, means, rstds, conv_w, fc1_w, fc2_w);
+  check_shape(op, "grad", grad, {sizes.n, sizes.k}, "(N, K)");
+  check_shape(op, "ratios", ratios, {sizes.n, sizes.k}, "(N, K)");
+  check_shape(op, "activations", activations, {sizes.n, sizes.activations()},
+              "(N, K * K + P)");
+  check_like(op, {{"grad", &grad}, {"ratios", &ratios}, {"activations", &activations}},
+             pooled);
+  return {grad.contiguous(),   ratios.contiguous(), activations.contiguous(),
+          pooled.contiguous(), means.contiguous(),  rstds.contiguous(),
+          conv_w.contiguous(), fc1_w.contiguous(),  fc2_w.contiguous(),
+          sizes};
+}
+
+RatioGradBuffers::RatioGradBuffers(const RatioBackwardArgs& args)
     : tensors(at::empty_like(args.pooled), at::empty_like(args.means),
               at::empty_like(args.rstds), at::empty_like(args.conv_w),
-              at::empty_like(args.fc1_w), at::empty_like(args.fc1_b),
-              at::empty_like(args.fc2_w), at::empty_like(args.fc2_b)) {}
+              at::empty_like(args.fc1_w), at::empty({args.sizes.hidden}, args.fc1_w.options()),
+              at::empty_like(args.fc2_w), at::empty({args.sizes.k}, args.fc2_w.options())) {}
 
 }  // namespace en_seg

@@ -1,5 +1,5 @@
-// Argument checking shared by the CPU and CUDA implementations of en_seg::exemplar_ratios
-// and en_seg::exemplar_ratios_backward (schemas in module.cpp).
+// Argument checking and output allocation shared by the CPU and CUDA implementations of
+// en_seg::exemplar_ratios and en_seg::exemplar_ratios_backward (schemas in module.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,7 +10,7 @@
 
 namespace en_seg {
 
-// The op's inputs, checked and made contiguous, with the sizes they imply.
+// The forward's inputs, checked and made contiguous, with the sizes they imply.
 struct RatioArgs {
   at::Tensor pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b;
   ratio::Sizes sizes;
@@ -32,19 +32,39 @@ RatioArgs check_ratio_args(const char* op, const at::Tensor& pooled, const at::T
                            const at::Tensor& fc1_w, const at::Tensor& fc1_b,
                            const at::Tensor& fc2_w, const at::Tensor& fc2_b);
 
-// Checks the upstream gradient of the ratios against the checked inputs: (N, K), same dtype
-// and device. Returns it contiguous.
-at::Tensor check_ratio_grad(const char* op, const at::Tensor& grad, const RatioArgs& args);
+// The forward's outputs, uninitialised: ratios (N, K) and activations (N, K² + P).
+std::tuple<at::Tensor, at::Tensor> empty_ratio_outputs(const RatioArgs& args);
 
-// Gradients for every input of the op, in schema order.
+// The backward's inputs, checked and made contiguous, with the sizes they imply.
+struct RatioBackwardArgs {
+  at::Tensor grad, ratios, activations, pooled, means, rstds, conv_w, fc1_w, fc2_w;
+  ratio::Sizes sizes;
+
+  template <typename T>
+  ratio::BackwardInputs<T> inputs() const {
+    return {grad.data_ptr<T>(),  ratios.data_ptr<T>(), activations.data_ptr<T>(),
+            pooled.data_ptr<T>(), means.data_ptr<T>(), rstds.data_ptr<T>(),
+            conv_w.data_ptr<T>(), fc1_w.data_ptr<T>(), fc2_w.data_ptr<T>()};
+  }
+};
+
+// As check_ratio_args, for grad and ratios (N, K), activations (N, K² + P) and the forward's
+// inputs other than the biases.
+RatioBackwardArgs check_ratio_backward_args(
+    const char* op, const at::Tensor& grad, const at::Tensor& ratios,
+    const at::Tensor& activations, const at::Tensor& pooled, const at::Tensor& means,
+    const at::Tensor& rstds, const at::Tensor& conv_w, const at::Tensor& fc1_w,
+    const at::Tensor& fc2_w);
+
+// Gradients for every input of the forward, in schema order.
 using RatioGradTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                     at::Tensor, at::Tensor, at::Tensor>;
 
-// Uninitialised gradient tensors shaped like the inputs, and pointers into them.
+// Uninitialised gradient tensors shaped like the forward's inputs, and pointers into them.
 struct RatioGradBuffers {
   RatioGradTensors tensors;
 
-  explicit RatioGradBuffers(const RatioArgs& args);
+  explicit RatioGradBuffers(const RatioBackwardArgs& args);
 
   template <typename T>
   ratio::Grads<T> grads() const {

@@ -20,15 +20,18 @@ TORCH_LIBRARY(en_seg, m) {
   m.set_python_module("en_seg.ops.ratio_op");
   // EN_SPEC.md "Ratio branch" steps 2-6: ratios λ (N, K) from pooled (N, C), means and
   // rstds (N, K, C), conv_w (C / r, r, 1), fc1_w (P, K * K), fc1_b (P), fc2_w (K, P),
-  // fc2_b (K).
+  // fc2_b (K). Also returns, for the backward, every sample's v = z zᵀ and hidden
+  // activations h as activations (N, K * K + P); it is not differentiable.
   m.def(
       "exemplar_ratios(Tensor pooled, Tensor means, Tensor rstds, Tensor conv_w, "
-      "Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b) -> Tensor",
+      "Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b) -> "
+      "(Tensor ratios, Tensor activations)",
       {at::Tag::pt2_compliant_tag});
-  // Gradients of every input of exemplar_ratios, in its order, from grad = dL/dλ (N, K).
+  // Gradients of every input of exemplar_ratios, in its order, from grad = dL/dλ (N, K),
+  // the forward's two outputs and its inputs other than the biases.
   m.def(
-      "exemplar_ratios_backward(Tensor grad, Tensor pooled, Tensor means, Tensor rstds, "
-      "Tensor conv_w, Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      "exemplar_ratios_backward(Tensor grad, Tensor ratios, Tensor activations, "
+      "Tensor pooled, Tensor means, Tensor rstds, Tensor conv_w, Tensor fc1_w, "
+      "Tensor fc2_w) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 }

@@ -1,16 +1,18 @@
 // The per-sample arithmetic of Exemplar Normalization's ratio branch (EN_SPEC.md "Ratio
 // branch" steps 2-6; paper Sec. 3.3, Fig. 2, Eq. 4) and its gradient, written once for
-// both kernels: the CPU kernel (exemplar_ratios_cpu.cpp) runs these pieces in a loop per
-// sample, the CUDA kernel (cuda/exemplar_ratios_kernel.cu) spreads them over a thread
-// block per sample. Plain C++ (no torch, no CUDA headers) so that nvcc compiles
-// the CUDA translation unit without torch.
+// both kernels: the CPU kernel (exemplar_ratios_cpu.cpp) runs them per sample, with the
+// hidden layer's sums along the P units so that they vectorize; the CUDA kernel
+// (cuda/exemplar_ratios_kernel.cu) spreads a sample over a thread block, one unit or one
+// group of channels per thread, using the per-unit forms below. Plain C++ (no torch, no CUDA
+// headers) so that nvcc compiles the CUDA translation unit without torch.
 //
 // For one sample, with x̂_kc = (p_c - μ_kc) s_kc (s = 1/sqrt(σ² + ε)), g(c) = c / r:
 //   z_kg = Σ_{c in group g} w_c x̂_kc          (grouped 1-D conv, C -> G = C / r)
 //   v    = z zᵀ flattened row-major to K²     (v_{aK+b} = Σ_g z_ag z_bg)
 //   h    = tanh(W1 v + b1)                    (P = πK hidden units)
 //   λ    = softmax(W2 h + b2)                 (K ratios)
-// and, for an upstream gradient gλ:
+// The forward saves v and h (its second output, "activations"), so that the backward does
+// not recompute them. For an upstream gradient gλ:
 //   go   = λ ⊙ (gλ - <λ, gλ>)                 gW2 = go hᵀ, gb2 = go
 //   gu_i = (W2ᵀ go)_i (1 - h_i²)              gW1 = gu vᵀ, gb1 = gu
 //   S    = Gv + Gvᵀ, Gv = (W1ᵀ gu) as K×K     gz = S z (v is quadratic in z)
@@ -18,21 +20,25 @@
 //   gp_c = Σ_k gx̂_kc s_kc,  gμ_kc = -gx̂_kc s_kc,  gs_kc = gx̂_kc (p_c - μ_kc).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define EN_SEG_HOST_DEVICE __host__ __device__ inline
 #define EN_SEG_SIMD
-#define EN_SEG_SIMD_SUM(var)
+#define EN_SEG_SIMD_SUM(...)
 #else
 #define EN_SEG_HOST_DEVICE inline
 // The CPU build has OpenMP: these let the compiler vectorize the loops over channels and
-// hidden units, including the float sums it may not reorder on its own (the order is
-// fixed at compile time, so results stay deterministic). Without OpenMP they are ignored.
+// hidden units, including the float sums (of one or more variables) it may not reorder on
+// its own (the order is fixed at compile time, so results stay deterministic). Without
+// OpenMP they are ignored.
 #define EN_SEG_SIMD _Pragma("omp simd")
-#define EN_SEG_SIMD_SUM(var) _Pragma(EN_SEG_STRINGIFY(omp simd reduction(+ : var)))
-#define EN_SEG_STRINGIFY(x) #x
+#define EN_SEG_SIMD_SUM(...) \
+  _Pragma(EN_SEG_STRINGIFY(omp simd reduction(+ : __VA_ARGS__)))
+#define EN_SEG_STRINGIFY(...) #__VA_ARGS__
 #endif
 
 namespace en_seg {
@@ -42,7 +48,7 @@ namespace ratio {
 // per group. The paper's pool has 3 normalizers; 8 leaves room for extra ones such as GN.
 constexpr int kMaxNormalizers = 8;
 
-// Problem sizes; shapes are those of the op's schema.
+// Problem sizes; shapes are those of the ops' schemas.
 struct Sizes {
   int64_t n;       // samples N
   int64_t c;       // channels C
@@ -51,23 +57,11 @@ struct Sizes {
   int k;           // normalizers K
 
   EN_SEG_HOST_DEVICE int64_t groups() const { return c / r; }
+  // Values per sample of the forward's second output: v (K²), then h (P).
+  EN_SEG_HOST_DEVICE int64_t activations() const { return k * k + hidden; }
 };
 
-// Where each parameter's gradient sits in one sample's row of partial gradients. The
-// kernels write per-sample partials and sum them over samples in a fixed order, which
-// makes parameter gradients bit-identical from run to run (no float atomics).
-struct ParamLayout {
-  int64_t fc1_w, fc1_b, fc2_w, fc2_b, conv_w, total;
-
-  EN_SEG_HOST_DEVICE explicit ParamLayout(const Sizes& s)
-      : fc1_w(0),
-        fc1_b(s.hidden * s.k * s.k),
-        fc2_w(fc1_b + s.hidden),
-        fc2_b(fc2_w + s.k * s.hidden),
-        conv_w(fc2_b + s.k),
-        total(conv_w + s.c) {}
-};
-
+// What the forward reads.
 template <typename T>
 struct Inputs {
   const T* pooled;  // (N, C)
@@ -78,6 +72,21 @@ struct Inputs {
   const T* fc1_b;   // (P,)
   const T* fc2_w;   // (K, P)
   const T* fc2_b;   // (K,)
+};
+
+// What the backward reads: the upstream gradient, the forward's outputs, and the inputs the
+// gradients depend on (not the biases).
+template <typename T>
+struct BackwardInputs {
+  const T* grad;         // (N, K) dL/dλ
+  const T* ratios;       // (N, K) λ
+  const T* activations;  // (N, K² + P) v and h of every sample
+  const T* pooled;       // shapes as in Inputs
+  const T* means;
+  const T* rstds;
+  const T* conv_w;
+  const T* fc1_w;
+  const T* fc2_w;
 };
 
 template <typename T>
@@ -99,17 +108,44 @@ struct Sample {
   const T* means;
   const T* rstds;
 
-  EN_SEG_HOST_DEVICE Sample(const Inputs<T>& in, const Sizes& s, int64_t n)
-      : pooled(in.pooled + n * s.c),
-        means(in.means + n * s.k * s.c),
-        rstds(in.rstds + n * s.k * s.c) {}
+  EN_SEG_HOST_DEVICE Sample(const T* all_pooled, const T* all_means, const T* all_rstds,
+                            const Sizes& s, int64_t n)
+      : pooled(all_pooled + n * s.c),
+        means(all_means + n * s.k * s.c),
+        rstds(all_rstds + n * s.k * s.c) {}
 };
 
-// tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)). In float32 this is within 1e-7 of tanh
-// everywhere, and on the CPU it costs a third of glibc's tanhf, which dominates the
-// ratio branch's hidden layer at small C. Float64 (used to check gradients) keeps libm's.
+// tanh(x) = sign(x) (1 - 2 / (e^y + 1)), y = 2 |x|. On the GPU, CUDA's tanhf. On the CPU,
+// e^y = 2^m e^f with m = round(y / ln 2) and |f| <= ln(2) / 2, e^f by its Taylor polynomial
+// of degree 7 (truncation error below 1e-8): only arithmetic, one comparison and bit
+// operations, so that the compiler vectorizes a loop of it (the CPU kernel's hidden layer),
+// where libm's tanhf or expf is a call per value. |x| is clamped at 9, where tanh rounds to
+// 1 in float32, so that 2^m stays a normal float. Within 1.2e-7 of tanh; NaN stays NaN.
+// Float64 (used to check gradients) keeps libm's tanh.
 EN_SEG_HOST_DEVICE float tanh_of(float x) {
-  return copysignf(1.f - 2.f / (expf(2.f * fabsf(x)) + 1.f), x);
+#if defined(__CUDA_ARCH__)
+  return tanhf(x);
+#else
+  constexpr float kLog2e = 1.44269504f;
+  constexpr float kLn2 = 0.693147181f;
+  constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds
+  const float y = 2.f * std::min(std::fabs(x), 9.f);
+  const float m = (y * kLog2e + kRound) - kRound;
+  const float f = y - m * kLn2;
+  float e_f = 1.f / 5040.f;
+  e_f = e_f * f + 1.f / 720.f;
+  e_f = e_f * f + 1.f / 120.f;
+  e_f = e_f * f + 1.f / 24.f;
+  e_f = e_f * f + 1.f / 6.f;
+  e_f = e_f * f + 0.5f;
+  e_f = e_f * f + 1.f;
+  e_f = e_f * f + 1.f;
+  // 2^m as a float: biased exponent m + 127, zero mantissa (0 <= m <= 26).
+  const int32_t exponent_bits = (static_cast<int32_t>(m) + 127) << 23;
+  float two_to_m;
+  std::memcpy(&two_to_m, &exponent_bits, sizeof two_to_m);
+  return std::copysign(1.f - 2.f / (e_f * two_to_m + 1.f), x);
+#endif
 }
 EN_SEG_HOST_DEVICE double tanh_of(double x) { return tanh(x); }
 EN_SEG_HOST_DEVICE float exp_of(float x) { return expf(x); }
@@ -143,18 +179,19 @@ EN_SEG_HOST_DEVICE void accumulate_gram(int k, const T* z, T* v) {
 
 // Step 5 for hidden unit i: h_i = tanh(b1_i + Σ_q W1_iq v_q).
 template <typename T>
-EN_SEG_HOST_DEVICE T hidden_unit(const Sizes& s, const Inputs<T>& in, const T* v, int64_t i) {
+EN_SEG_HOST_DEVICE T hidden_unit(const Sizes& s, const T* fc1_w, const T* fc1_b, const T* v,
+                                 int64_t i) {
   const int kk = s.k * s.k;
-  T u = in.fc1_b[i];
-  for (int q = 0; q < kk; ++q) u += in.fc1_w[i * kk + q] * v[q];
+  T u = fc1_b[i];
+  for (int q = 0; q < kk; ++q) u += fc1_w[i * kk + q] * v[q];
   return tanh_of(u);
 }
 
 // Step 6 before the softmax, logit k: b2_k + Σ_i W2_ki h_i.
 template <typename T>
-EN_SEG_HOST_DEVICE T logit(const Sizes& s, const Inputs<T>& in, const T* h, int k) {
-  const T* w = in.fc2_w + k * s.hidden;
-  T o = in.fc2_b[k];
+EN_SEG_HOST_DEVICE T logit(const Sizes& s, const T* fc2_w, const T* fc2_b, const T* h, int k) {
+  const T* w = fc2_w + k * s.hidden;
+  T o = fc2_b[k];
   EN_SEG_SIMD_SUM(o)
   for (int64_t i = 0; i < s.hidden; ++i) o += w[i] * h[i];
   return o;
@@ -181,32 +218,39 @@ EN_SEG_HOST_DEVICE void softmax_backward(int k, const T* ratios, const T* grad, 
   for (int j = 0; j < k; ++j) go[j] = ratios[j] * (grad[j] - dot);
 }
 
+// Gradient of hidden unit i's pre-activation from that of its activation h_i: tanh' = 1 - h².
+template <typename T>
+EN_SEG_HOST_DEVICE T tanh_backward(T grad_h, T h) {
+  return grad_h * (T(1) - h * h);
+}
+
 // Gradient of hidden unit i's pre-activation: gu_i = (Σ_k W2_ki go_k)(1 - h_i²).
 template <typename T>
-EN_SEG_HOST_DEVICE T hidden_unit_backward(const Sizes& s, const Inputs<T>& in, const T* go,
-                                          T h_i, int64_t i) {
+EN_SEG_HOST_DEVICE T hidden_unit_backward(const Sizes& s, const T* fc2_w, const T* go, T h_i,
+                                          int64_t i) {
   T gh = T(0);
-  for (int k = 0; k < s.k; ++k) gh += in.fc2_w[k * s.hidden + i] * go[k];
-  return gh * (T(1) - h_i * h_i);
+  for (int k = 0; k < s.k; ++k) gh += fc2_w[k * s.hidden + i] * go[k];
+  return tanh_backward(gh, h_i);
 }
 
 // Entry (a, b) of S = Gv + Gvᵀ, Gv_ab = Σ_i W1_{i, aK+b} gu_i: the gradient of v = z zᵀ
 // with respect to z is then gz = S z.
 template <typename T>
-EN_SEG_HOST_DEVICE T symmetric_gram_backward(const Sizes& s, const Inputs<T>& in, const T* gu,
+EN_SEG_HOST_DEVICE T symmetric_gram_backward(const Sizes& s, const T* fc1_w, const T* gu,
                                              int a, int b) {
   const int kk = s.k * s.k;
-  const T* w_ab = in.fc1_w + a * s.k + b;
-  const T* w_ba = in.fc1_w + b * s.k + a;
+  const T* w_ab = fc1_w + a * s.k + b;
+  const T* w_ba = fc1_w + b * s.k + a;
   T sum = T(0);
   EN_SEG_SIMD_SUM(sum)
   for (int64_t i = 0; i < s.hidden; ++i) sum += (w_ab[i * kk] + w_ba[i * kk]) * gu[i];
   return sum;
 }
 
-// Steps 2-3 backward for group g of one sample: recomputes z (cheaper than storing K·C/r
-// values per sample), then writes the gradients of pooled, means and rstds of the group's
-// channels and the sample's partial gradient of their convolution weights.
+// Steps 2-3 backward for group g of one sample: recomputes z (K·r multiply-adds, cheaper
+// than saving K·C/r values per sample), then writes the gradients of pooled, means and
+// rstds of the group's channels and the sample's term of their convolution weights'
+// gradient.
 template <typename T>
 EN_SEG_HOST_DEVICE void project_group_backward(const Sizes& s, const Sample<T>& x,
                                                const T* conv_w, const T* sym, int64_t g,

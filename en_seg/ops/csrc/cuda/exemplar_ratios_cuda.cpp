@@ -13,51 +13,50 @@
 namespace en_seg {
 namespace {
 
-// The CUDA kernels are float32 only (the layer computes its statistics in float32);
-// float64 runs on the CPU kernel or the PyTorch reference.
-RatioArgs check_cuda_args(const char* op, const at::Tensor& pooled, const at::Tensor& means,
-                          const at::Tensor& rstds, const at::Tensor& conv_w,
-                          const at::Tensor& fc1_w, const at::Tensor& fc1_b,
-                          const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
-  RatioArgs args =
-      check_ratio_args(op, pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
-  TORCH_CHECK(args.pooled.scalar_type() == at::kFloat, op,
-              ": the CUDA kernel takes float32 tensors, got ", args.pooled.scalar_type());
-  TORCH_CHECK(args.sizes.hidden <= cuda::kMaxHidden, op, ": fc1_w has shape ",
-              args.fc1_w.sizes(), ", expected (P, K * K) with P <= ", cuda::kMaxHidden,
+// The CUDA kernels are float32 only (the layer computes its statistics in float32) and
+// keep P hidden values per sample in shared memory; float64 runs on the CPU kernel or the
+// PyTorch reference.
+void check_cuda_limits(const char* op, const at::Tensor& pooled, const at::Tensor& fc1_w,
+                      const ratio::Sizes& sizes) {
+  TORCH_CHECK(pooled.scalar_type() == at::kFloat, op,
+              ": the CUDA kernel takes float32 tensors, got ", pooled.scalar_type());
+  TORCH_CHECK(sizes.hidden <= cuda::kMaxHidden, op, ": fc1_w has shape ", fc1_w.sizes(),
+              ", expected (P, K * K) with P <= ", cuda::kMaxHidden,
               " hidden units for the CUDA kernel");
-  return args;
 }
 
-at::Tensor exemplar_ratios_cuda(const at::Tensor& pooled, const at::Tensor& means,
-                                const at::Tensor& rstds, const at::Tensor& conv_w,
-                                const at::Tensor& fc1_w, const at::Tensor& fc1_b,
-                                const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
-  const RatioArgs args = check_cuda_args("en_seg::exemplar_ratios", pooled, means, rstds,
-                                         conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
+std::tuple<at::Tensor, at::Tensor> exemplar_ratios_cuda(
+    const at::Tensor& pooled, const at::Tensor& means, const at::Tensor& rstds,
+    const at::Tensor& conv_w, const at::Tensor& fc1_w, const at::Tensor& fc1_b,
+    const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
+  const char* op = "en_seg::exemplar_ratios";
+  const RatioArgs args =
+      check_ratio_args(op, pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
+  check_cuda_limits(op, args.pooled, args.fc1_w, args.sizes);
   const c10::cuda::CUDAGuard guard(args.pooled.device());
-  at::Tensor ratios = at::empty({args.sizes.n, args.sizes.k}, args.pooled.options());
-  C10_CUDA_CHECK(cuda::launch_exemplar_ratios_forward(args.sizes, args.inputs<float>(),
-                                                      ratios.data_ptr<float>(),
-                                                      c10::cuda::getCurrentCUDAStream()));
-  return ratios;
+  auto outputs = empty_ratio_outputs(args);
+  auto& [ratios, activations] = outputs;
+  C10_CUDA_CHECK(cuda::launch_exemplar_ratios_forward(
+      args.sizes, args.inputs<float>(), ratios.data_ptr<float>(),
+      activations.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+  return outputs;
 }
 
 RatioGradTensors exemplar_ratios_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& pooled, const at::Tensor& means,
-    const at::Tensor& rstds, const at::Tensor& conv_w, const at::Tensor& fc1_w,
-    const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
+    const at::Tensor& grad, const at::Tensor& ratios, const at::Tensor& activations,
+    const at::Tensor& pooled, const at::Tensor& means, const at::Tensor& rstds,
+    const at::Tensor& conv_w, const at::Tensor& fc1_w, const at::Tensor& fc2_w) {
   const char* op = "en_seg::exemplar_ratios_backward";
-  const RatioArgs args =
-      check_cuda_args(op, pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
-  const at::Tensor grad_c = check_ratio_grad(op, grad, args);
+  const RatioBackwardArgs args = check_ratio_backward_args(
+      op, grad, ratios, activations, pooled, means, rstds, conv_w, fc1_w, fc2_w);
+  check_cuda_limits(op, args.pooled, args.fc1_w, args.sizes);
   const c10::cuda::CUDAGuard guard(args.pooled.device());
   RatioGradBuffers out(args);
   at::Tensor workspace =
       at::empty({cuda::exemplar_ratios_backward_workspace(args.sizes)}, args.pooled.options());
   C10_CUDA_CHECK(cuda::launch_exemplar_ratios_backward(
-      args.sizes, args.inputs<float>(), grad_c.data_ptr<float>(), out.grads<float>(),
-      workspace.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+      args.sizes, args.inputs<float>(), out.grads<float>(), workspace.data_ptr<float>(),
+      c10::cuda::getCurrentCUDAStream()));
   return out.tensors;
 }
 

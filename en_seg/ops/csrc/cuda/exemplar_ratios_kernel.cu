@@ -1,9 +1,9 @@
 // CUDA kernels of the ratio branch: one thread block per sample runs ratio_math.h's steps,
 // its threads taking groups of channels, hidden units or K² entries in turn. The branch
 // reads a few K·C values per sample, so launches dominate its cost in PyTorch; here it is
-// one launch forward and two backward (a per-sample pass, then the sum of per-sample
-// parameter gradients in sample order, which keeps gradients bit-identical from run to
-// run). Float32 throughout.
+// one launch forward (which also saves every sample's v and h) and two backward (a
+// per-sample pass that reuses v and h, then the sum of per-sample parameter gradients in
+// sample order, which keeps gradients bit-identical from run to run). Float32 throughout.
 #include <cuda_runtime.h>
 
 #include "exemplar_ratios_kernel.h"
@@ -12,9 +12,9 @@ namespace en_seg {
 namespace cuda {
 namespace {
 
+using ratio::BackwardInputs;
 using ratio::Grads;
 using ratio::Inputs;
-using ratio::ParamLayout;
 using ratio::Sample;
 using ratio::Sizes;
 
@@ -22,39 +22,63 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGram = ratio::kMaxNormalizers * ratio::kMaxNormalizers;
 
-// Shared-memory layout of one block (one sample), in floats.
-struct Scratch {
+// Where each parameter's gradient sits in one sample's row of partial gradients. The
+// backward writes per-sample partials and sums them over samples in a fixed order, which
+// makes parameter gradients bit-identical from run to run (no float atomics).
+struct ParamLayout {
+  int64_t fc1_w, fc1_b, fc2_w, fc2_b, conv_w, total;
+
+  __host__ __device__ explicit ParamLayout(const Sizes& s)
+      : fc1_w(0),
+        fc1_b(s.hidden * s.k * s.k),
+        fc2_w(fc1_b + s.hidden),
+        fc2_b(fc2_w + s.k * s.hidden),
+        conv_w(fc2_b + s.k),
+        total(conv_w + s.c) {}
+};
+
+// Shared-memory layout of one forward block (one sample), in floats.
+struct ForwardScratch {
   float* v;       // (K²) v = z zᵀ
   float* h;       // (P) hidden activations
   float* ratios;  // (K) logits, then λ
-  float* go;      // (K) gradient of the logits
-  float* gu;      // (P) gradient of the hidden pre-activations
-  float* sym;     // (K²) S = Gv + Gvᵀ
   float* warp_v;  // (kWarps, K²) per-warp partial sums of v
 
-  __device__ Scratch(float* base, const Sizes& s) {
-    const int kk = s.k * s.k;
+  __device__ ForwardScratch(float* base, const Sizes& s) {
     v = base;
-    h = v + kk;
+    h = v + s.k * s.k;
     ratios = h + s.hidden;
-    go = ratios + s.k;
-    gu = go + s.k;
-    sym = gu + s.hidden;
-    warp_v = sym + kk;
+    warp_v = ratios + s.k;
   }
 
   static size_t bytes(const Sizes& s) {
-    const int64_t kk = s.k * s.k;
-    return sizeof(float) * (kk * (2 + kWarps) + 2 * s.hidden + 2 * s.k);
+    return sizeof(float) * (s.k * s.k * (1 + kWarps) + s.hidden + s.k);
   }
 };
 
-// Steps 2-6 for sample n by the whole block; on return (after a barrier) scratch holds v,
-// h and λ for every thread.
-__device__ void block_forward(const Sizes& s, const Inputs<float>& in, int64_t n,
-                              const Scratch& scratch) {
+// Shared-memory layout of one backward block (one sample), in floats.
+struct BackwardScratch {
+  float* go;   // (K) gradient of the logits
+  float* gu;   // (P) gradient of the hidden pre-activations
+  float* sym;  // (K²) S = Gv + Gvᵀ
+
+  __device__ BackwardScratch(float* base, const Sizes& s) {
+    go = base;
+    gu = go + s.k;
+    sym = gu + s.hidden;
+  }
+
+  static size_t bytes(const Sizes& s) { return sizeof(float) * (s.k + s.hidden + s.k * s.k); }
+};
+
+// Steps 2-6 for sample n by the whole block: writes λ and the sample's activations (v, h).
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(Sizes s, Inputs<float> in, float* ratios, float* activations) {
+  extern __shared__ float shared[];
+  const ForwardScratch scratch(shared, s);
   const int tid = threadIdx.x;
-  const Sample<float> x(in, s, n);
+  const int64_t n = blockIdx.x;
+  const Sample<float> x(in.pooled, in.means, in.rstds, s, n);
   const int kk = s.k * s.k;
   float z[ratio::kMaxNormalizers];
   float v[kMaxGram];
@@ -75,67 +99,62 @@ __device__ void block_forward(const Sizes& s, const Inputs<float>& in, int64_t n
     if (lane == 0) scratch.warp_v[warp * kk + q] = sum;
   }
   __syncthreads();
+  float* saved = activations + n * s.activations();
   if (tid < kk) {
     float sum = 0.f;
     for (int w = 0; w < kWarps; ++w) sum += scratch.warp_v[w * kk + tid];
     scratch.v[tid] = sum;
+    saved[tid] = sum;
   }
   __syncthreads();
   for (int64_t i = tid; i < s.hidden; i += kThreads) {
-    scratch.h[i] = ratio::hidden_unit(s, in, scratch.v, i);
+    const float h = ratio::hidden_unit(s, in.fc1_w, in.fc1_b, scratch.v, i);
+    scratch.h[i] = h;
+    saved[kk + i] = h;
   }
   __syncthreads();
   if (tid < s.k) {
-    scratch.ratios[tid] = ratio::logit(s, in, scratch.h, tid);
+    scratch.ratios[tid] = ratio::logit(s, in.fc2_w, in.fc2_b, scratch.h, tid);
   }
   __syncthreads();
   if (tid == 0) ratio::softmax(s.k, scratch.ratios);
   __syncthreads();
-}
-
-__global__ void __launch_bounds__(kThreads)
-    forward_kernel(Sizes s, Inputs<float> in, float* ratios) {
-  extern __shared__ float shared[];
-  const Scratch scratch(shared, s);
-  const int tid = threadIdx.x;
-  const int64_t n = blockIdx.x;
-  block_forward(s, in, n, scratch);
   if (tid < s.k) ratios[n * s.k + tid] = scratch.ratios[tid];
 }
 
 // Sample n's input gradients, and its row of partial parameter gradients in `partials`.
 __global__ void __launch_bounds__(kThreads)
-    backward_kernel(Sizes s, Inputs<float> in, const float* grad, Grads<float> out,
-                    float* partials) {
+    backward_kernel(Sizes s, BackwardInputs<float> in, Grads<float> out, float* partials) {
   extern __shared__ float shared[];
-  const Scratch scratch(shared, s);
+  const BackwardScratch scratch(shared, s);
   const int tid = threadIdx.x;
   const int64_t n = blockIdx.x;
   const ParamLayout layout(s);
   const int kk = s.k * s.k;
+  const float* v = in.activations + n * s.activations();
+  const float* h = v + kk;
   float* partial = partials + n * layout.total;
-  block_forward(s, in, n, scratch);
   if (tid == 0) {
-    ratio::softmax_backward(s.k, scratch.ratios, grad + n * s.k, scratch.go);
+    ratio::softmax_backward(s.k, in.ratios + n * s.k, in.grad + n * s.k, scratch.go);
   }
   __syncthreads();
   for (int64_t i = tid; i < s.hidden; i += kThreads) {
-    const float gu = ratio::hidden_unit_backward(s, in, scratch.go, scratch.h[i], i);
+    const float gu = ratio::hidden_unit_backward(s, in.fc2_w, scratch.go, h[i], i);
     scratch.gu[i] = gu;
     partial[layout.fc1_b + i] = gu;
-    for (int q = 0; q < kk; ++q) partial[layout.fc1_w + i * kk + q] = gu * scratch.v[q];
+    for (int q = 0; q < kk; ++q) partial[layout.fc1_w + i * kk + q] = gu * v[q];
     for (int k = 0; k < s.k; ++k) {
-      partial[layout.fc2_w + k * s.hidden + i] = scratch.go[k] * scratch.h[i];
+      partial[layout.fc2_w + k * s.hidden + i] = scratch.go[k] * h[i];
     }
   }
   if (tid < s.k) partial[layout.fc2_b + tid] = scratch.go[tid];
   __syncthreads();
   if (tid < kk) {
-    scratch.sym[tid] = ratio::symmetric_gram_backward(
-        s, in, scratch.gu, tid / s.k, tid % s.k);
+    scratch.sym[tid] =
+        ratio::symmetric_gram_backward(s, in.fc1_w, scratch.gu, tid / s.k, tid % s.k);
   }
   __syncthreads();
-  const Sample<float> x(in, s, n);
+  const Sample<float> x(in.pooled, in.means, in.rstds, s, n);
   for (int64_t g = tid; g < s.groups(); g += kThreads) {
     ratio::project_group_backward(s, x, in.conv_w, scratch.sym, g, out.pooled + n * s.c,
                                   out.means + n * s.k * s.c, out.rstds + n * s.k * s.c,
@@ -166,10 +185,12 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 cudaError_t launch_exemplar_ratios_forward(const Sizes& sizes, const Inputs<float>& inputs,
-                                           float* ratios, cudaStream_t stream) {
+                                           float* ratios, float* activations,
+                                           cudaStream_t stream) {
   if (sizes.n > 0) {
     const auto blocks = static_cast<unsigned>(sizes.n);
-    forward_kernel<<<blocks, kThreads, Scratch::bytes(sizes), stream>>>(sizes, inputs, ratios);
+    forward_kernel<<<blocks, kThreads, ForwardScratch::bytes(sizes), stream>>>(
+        sizes, inputs, ratios, activations);
   }
   return cudaGetLastError();
 }
@@ -178,13 +199,14 @@ int64_t exemplar_ratios_backward_workspace(const Sizes& sizes) {
   return sizes.n * ParamLayout(sizes).total;
 }
 
-cudaError_t launch_exemplar_ratios_backward(const Sizes& sizes, const Inputs<float>& inputs,
-                                            const float* grad, const Grads<float>& grads,
-                                            float* workspace, cudaStream_t stream) {
+cudaError_t launch_exemplar_ratios_backward(const Sizes& sizes,
+                                            const BackwardInputs<float>& inputs,
+                                            const Grads<float>& grads, float* workspace,
+                                            cudaStream_t stream) {
   if (sizes.n > 0) {
     const auto blocks = static_cast<unsigned>(sizes.n);
-    backward_kernel<<<blocks, kThreads, Scratch::bytes(sizes), stream>>>(sizes, inputs, grad,
-                                                                         grads, workspace);
+    backward_kernel<<<blocks, kThreads, BackwardScratch::bytes(sizes), stream>>>(
+        sizes, inputs, grads, workspace);
   }
   const int64_t params = ParamLayout(sizes).total;
   const auto blocks = static_cast<unsigned>((params + kThreads - 1) / kThreads);

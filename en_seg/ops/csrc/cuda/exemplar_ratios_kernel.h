@@ -13,23 +13,23 @@
 namespace en_seg {
 namespace cuda {
 
-// Largest P = πK the kernels take: one block keeps the P hidden activations and their
-// gradients in shared memory.
+// Largest P = πK the kernels take: one block keeps a sample's P hidden activations
+// (forward) or their gradients (backward) in shared memory.
 constexpr int64_t kMaxHidden = 4096;
 
-// ratios (N, K) = λ.
+// ratios (N, K) = λ and activations (N, K² + P) = every sample's v and h.
 cudaError_t launch_exemplar_ratios_forward(const ratio::Sizes& sizes,
                                            const ratio::Inputs<float>& inputs, float* ratios,
-                                           cudaStream_t stream);
+                                           float* activations, cudaStream_t stream);
 
 // Floats of scratch launch_exemplar_ratios_backward needs: N rows of per-sample partial
 // parameter gradients.
 int64_t exemplar_ratios_backward_workspace(const ratio::Sizes& sizes);
 
-// Writes every gradient of `grads` from grad (N, K) = dL/dλ.
+// Writes every gradient of `grads` from inputs.grad (N, K) = dL/dλ and the forward's
+// outputs.
 cudaError_t launch_exemplar_ratios_backward(const ratio::Sizes& sizes,
-                                            const ratio::Inputs<float>& inputs,
-                                            const float* grad,
+                                            const ratio::BackwardInputs<float>& inputs,
                                             const ratio::Grads<float>& grads,
                                             float* workspace, cudaStream_t stream);
 
