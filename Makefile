@@ -5,12 +5,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# Our machines install the CPU wheel that lies on disk; elsewhere any torch >= 2.1 works,
-# e.g. `make test TORCH='torch>=2.1'`, or a torch already in the venv is kept.
+# Our machines install the CPU wheel that lies on disk; elsewhere any torch >= 2.4 works
+# (the ops register their autograd with torch.library, new in 2.4), e.g.
+# `make test TORCH='torch>=2.4'`; a torch already in the venv is kept.
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.en-seg-installed
 
-.PHONY: install demo test benchmark clean-demo
+.PHONY: install demo test benchmark
 
 install: $(STAMP)
 
@@ -31,5 +32,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
-clean-demo:
-	rm -rf data/demo work_dirs/demo
+# Regenerates the measured tables in docs/ (and quoted in README.md) on this machine.
+benchmark: $(STAMP)
+	$(PY) tools/benchmark.py ratio --device cpu --threads 1 --clock cpu --repeats 5
+	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py layer --device cpu --threads 1 --clock cpu \
+		--doc docs/benchmark_layer_model.md
+	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py model --device cpu --threads 1 --clock cpu \
+		--doc docs/benchmark_layer_model.md

@@ -65,7 +65,7 @@ setup(
     description='Exemplar Normalization (CVPR 2020) as a plug-in for mmsegmentation',
     packages=find_packages(include=['en_seg', 'en_seg.*']),
     python_requires='>=3.9',
-    install_requires=['torch>=2.1', 'mmengine==0.10.7', 'mmcv==2.1.0',
+    install_requires=['torch>=2.4', 'mmengine==0.10.7', 'mmcv==2.1.0',
                       'mmsegmentation==1.2.2', 'matplotlib', 'scikit-learn'],
     ext_modules=[_extension()],
     cmdclass={'build_ext': BuildExtension,
