@@ -54,3 +54,15 @@ def switchable_norm(x, layer, use_running_bn=False):
     var = sum(w * v for w, (_, v) in zip(w_var, stats))
     return (layer.weight[None, :, None, None] * (x - mean) / (var + layer.eps).sqrt()
             + layer.bias[None, :, None, None])
+
+
+def randomized(layer, seed=0):
+    """Move a layer's parameters and running statistics off their initial values, in
+    place, so the ratios differ per sample and per normalizer. Returns the layer."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype))
+        layer.running_mean.copy_(torch.randn(layer.num_features, generator=gen))
+        layer.running_var.copy_(torch.rand(layer.num_features, generator=gen) + 0.5)
+    return layer

@@ -4,22 +4,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from en_seg.models import ExemplarNorm2d
-from reference import exemplar_norm
-
-torch.set_printoptions(precision=10)
-
-
-def randomized(layer, seed=0):
-    """Move every parameter and the running statistics off their initial values, so the
-    ratios differ per sample and per normalizer."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in layer.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype))
-        layer.running_mean.copy_(torch.randn(layer.num_features, generator=gen))
-        layer.running_var.copy_(torch.rand(layer.num_features, generator=gen) + 0.5)
-    return layer
+from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
+from reference import exemplar_norm, randomized, switchable_norm
 
 
 SHAPES = [(4, 64, 7, 5), (2, 32, 1, 1), (1, 64, 6, 6), (1, 32, 1, 1), (3, 8, 4, 3)]
@@ -213,3 +199,22 @@ def test_bad_configuration_is_rejected(kwargs, match):
 def test_small_channel_count_uses_r_equal_to_c():
     layer = ExemplarNorm2d(16, reduction=32)
     assert layer.reduction == 16 and layer.ratio_conv.weight.shape == (1, 16, 1)
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_switchable_norm_equals_reference_and_loads_batchnorm(training):
+    bn = nn.BatchNorm2d(16)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    bn(torch.randn(4, 16, 5, 5) * 2 + 1)
+    layer = SwitchableNorm2d(16).double()
+    layer.load_state_dict(bn.double().state_dict(), strict=True)
+    assert torch.equal(layer.weight, bn.weight)
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.tensor([0.3, -1.0, 2.0]))
+        layer.var_weight.copy_(torch.tensor([1.5, 0.2, -0.7]))
+    layer.train(training)
+    x = torch.randn(3, 16, 4, 6, dtype=torch.float64) * 2 - 1
+    expected = switchable_norm(x, layer, use_running_bn=not training)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)

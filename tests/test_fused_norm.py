@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
 from en_seg.ops.fused_norm import channel_affine_norm, fused_kernels_available
-from reference import exemplar_norm, switchable_norm
+from reference import exemplar_norm, randomized, switchable_norm
 
 pytestmark = pytest.mark.skipif(
     not fused_kernels_available(torch.empty(0)),
@@ -196,16 +196,6 @@ def test_bad_arguments_are_rejected_with_a_clear_message(call, match):
 
 # ---------------------------------------------------------------------------------------
 # The layers
-
-
-def randomized(layer, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in layer.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype))
-        layer.running_mean.copy_(torch.randn(layer.num_features, generator=gen))
-        layer.running_var.copy_(torch.rand(layer.num_features, generator=gen) + 0.5)
-    return layer
 
 
 def layer_pair(cls, c, seed=0, **kwargs):
