@@ -16,12 +16,16 @@ What is measured:
 - On the CPU denormal floats are flushed to zero (``torch.set_flush_denormal``): x86 CPUs
   take ~100x longer on them, and a randomly initialised network's gradients drift into them
   after a few training steps, which made one model iteration take from 5 s to 13 s.
+- On the CPU glibc malloc's thresholds are fixed (``mallopt``): blocks up to 32 MiB are
+  reused from the heap, larger ones mapped anew (with page faults) by every variant alike,
+  rather than as the allocation history of the process happens to decide.
 - Peak memory: the largest total of tensor bytes the step allocates on top of what was
   allocated before it (inputs, parameters, optimizer state): outputs, saved activations,
   gradients, temporaries. On the CPU from every allocation and free torch.profiler records
   with ``profile_memory=True``, in time order; on a GPU ``torch.cuda.max_memory_allocated``.
 """
 import argparse
+import ctypes
 import datetime
 import os
 import sys
@@ -77,7 +81,7 @@ def add_subcommands(commands, median_us: Callable[[str, dict, argparse.Namespace
     for command in (layer, model):
         command.add_argument('--doc', type=Path,
                              help='also put the table into this Markdown file, replacing '
-                                  'its section for this subcommand (e.g. '
+                                  'its section for this subcommand and device (e.g. '
                                   f'{DEFAULT_OUTPUT.relative_to(REPO)})')
         command.set_defaults(median_us=median_us, environment=environment)
     return layer, model
@@ -138,11 +142,30 @@ def _prepare(args: argparse.Namespace) -> str:
     # gradients drift into them after a few steps, unevenly between runs: flush them to
     # zero (returns False where the CPU cannot), so that times measure the arithmetic.
     torch.set_flush_denormal(args.device == 'cpu')
+    if args.device == 'cpu':
+        _steady_malloc()
     machine = args.environment(args)
     if args.device == 'cpu':
         machine += f' ({os.cpu_count()} logical CPUs)'
     return (f'Machine: {machine}. Generated {datetime.date.today().isoformat()} by '
             f'`{_command_line()}`.')
+
+
+def _steady_malloc() -> None:
+    """Fix glibc malloc's thresholds (no-op elsewhere): blocks up to 32 MiB come from and
+    return to the heap, larger ones are mapped and unmapped, for every variant alike.
+
+    By default glibc adapts the thresholds to the allocation history and may hand freed
+    activations back to the kernel; the next step then pays page faults, which made a step
+    up to 2.5x slower depending on which variant ran before.
+    """
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)
+    libc.mallopt(m_trim_threshold, 2 ** 30)
 
 
 def _progress(message: str) -> None:
@@ -208,7 +231,7 @@ def bench_layer(args: argparse.Namespace) -> str:
             f'{memory[name] / memory["BN"]:.2f}x memory' for name in steps))
     text = layer_markdown(rows, args.device, machine)
     if args.doc:
-        write_section(args.doc, 'layer', text)
+        write_section(args.doc, f'layer-{args.device}', text)
     return text
 
 
@@ -218,7 +241,8 @@ def layer_markdown(rows, device: str, machine: str) -> str:
         f'### One layer, forward + backward ({device})', '', machine, '',
         'Time: forward + backward (gradients of the input and every parameter), training '
         'mode, float32, contiguous NCHW; the lowest of the medians of the measuring rounds; '
-        'on the CPU denormals flushed to zero. '
+        'on the CPU denormals flushed to zero and glibc malloc\'s thresholds fixed (blocks up '
+        'to 32 MiB reused, larger ones mapped anew by every variant). '
         'Peak memory: tensor bytes the step allocates on top of its input, gradient and '
         'parameters. Ratios are to BN.',
         '',
@@ -361,7 +385,7 @@ def bench_model(args: argparse.Namespace) -> str:
               f'{memory["EN"] / memory["BN"]:.2f}x memory')
     text = model_markdown(args, seconds, memory, stats, machine)
     if args.doc:
-        write_section(args.doc, 'model', text)
+        write_section(args.doc, f'model-{args.device}', text)
     return text
 
 
@@ -418,8 +442,10 @@ def write_section(path: Path, name: str, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else (
         '# EN vs BatchNorm: speed and memory\n\nRegenerate with `make benchmark` (the `layer` '
-        'and `model` subcommands of tools/benchmark.py). Machines are shared, so repeated '
-        'runs differ by a few percent.\n\n')
+        'and `model` subcommands of tools/benchmark.py, each updating its own section). On a '
+        'shared machine time with `--threads 1 --clock cpu`, the CPU time of this process, '
+        'which other processes change little; repeated runs still differ by a few '
+        'percent.\n\n')
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
         rest = rest.split(end, 1)[1].lstrip('\n')

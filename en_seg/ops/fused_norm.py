@@ -74,8 +74,8 @@ def channel_affine_norm(x: Tensor, coefficients: Coefficients) -> Tensor:
         y shaped like x, in x's dtype and memory format.
 
     Raises:
-        RuntimeError: from the ops, for a non-4-D or empty x, or coefficients of another
-            shape, dtype or device.
+        RuntimeError: from the ops, for an x that is not 4-D or has H * W = 0, or for
+            coefficients of another shape, dtype or device.
     """
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
         # Nothing to differentiate, or a trace that needs the ops' own autograd formulas.
