@@ -15,7 +15,7 @@ STAMP := $(VENV)/.en-seg-installed
 
 install: $(STAMP)
 
-$(STAMP): setup.py Makefile
+$(STAMP): setup.py pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install '$(TORCH)'
 	# mmcv 2.1.0 has no wheel for recent torch: build it with its ops against the

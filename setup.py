@@ -8,28 +8,13 @@ and ``nvcc`` is found, or when ``FORCE_CUDA=1``. ``TORCH_CUDA_ARCH_LIST`` (e.g.
 """
 import glob
 import os
-import subprocess
 import sys
 
-import setuptools
 import torch
 from setuptools import find_packages, setup
-from setuptools.command.develop import develop
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 CSRC = os.path.join('en_seg', 'ops', 'csrc')
-
-
-class DevelopInThisEnvironment(develop):
-    """``pip install --no-build-isolation -e .`` of a project without pyproject.toml runs
-    ``setup.py develop``, which setuptools >= 80 turns into ``pip install -e .
-    --use-pep517`` in an isolated environment, where torch is missing. Run that install
-    without isolation, as the outer command asked."""
-
-    def run(self) -> None:
-        command = [sys.executable, '-m', 'pip', 'install', '--no-build-isolation',
-                   '--use-pep517', '-e', '.']
-        subprocess.check_call(command + ['--no-deps'] * self.no_deps)
 
 
 def _build_cuda() -> bool:
@@ -68,7 +53,5 @@ setup(
     install_requires=['torch>=2.4', 'mmengine==0.10.7', 'mmcv==2.1.0',
                       'mmsegmentation==1.2.2', 'matplotlib', 'scikit-learn'],
     ext_modules=[_extension()],
-    cmdclass={'build_ext': BuildExtension,
-              **({'develop': DevelopInThisEnvironment}
-                 if int(setuptools.__version__.split('.')[0]) >= 80 else {})},
+    cmdclass={'build_ext': BuildExtension},
 )

@@ -81,13 +81,13 @@ def test_opcheck_passes_on_cpu(dtype):
 
 
 def backward_inputs(n, k, c, r, dtype=torch.float64, device='cpu'):
-    """The backward op's 9 inputs: an upstream gradient, the forward's outputs and its
-    inputs other than the biases."""
+    """The backward op's 6 inputs: an upstream gradient, the forward's activations, rstds
+    and the three weights."""
     inputs = [t.detach() for t in ratio_inputs(n, k, c, r, dtype, device)]
-    ratios, activations = op()(*inputs)
+    activations = op()(*inputs)[1]
     grad = torch.randn(n, k, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    pooled, means, rstds, conv_w, fc1_w, _, fc2_w, _ = inputs
-    return [grad.to(device), ratios, activations, pooled, means, rstds, conv_w, fc1_w, fc2_w]
+    _, _, rstds, conv_w, fc1_w, _, fc2_w, _ = inputs
+    return [grad.to(device), activations, rstds, conv_w, fc1_w, fc2_w]
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64], ids=str)
@@ -111,20 +111,36 @@ def test_forward_and_gradients_equal_the_reference(n, k, c, r, dtype):
                         ratios_and_grads(exemplar_ratios_reference, inputs), TOLERANCES[dtype])
 
 
+def saved_layout(k, c, r):
+    """The column ranges of λ, v, h, z and pooled - means in a row of the activations, for
+    π = 50 (csrc/ratio_math.h, SavedLayout)."""
+    sizes = {'ratios': k, 'gram': k * k, 'hidden': 50 * k, 'z': k * (c // r), 'centred': k * c}
+    layout, start = {}, 0
+    for name, size in sizes.items():
+        layout[name] = slice(start, start + size)
+        start += size
+    return layout, start
+
+
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize('n, k, c, r', CASES[:4])
-def test_activations_are_the_gram_entries_and_hidden_units_of_every_sample(n, k, c, r, dtype):
-    # From EN_SPEC.md "Ratio branch" steps 2-5, written here independently of the kernels.
+def test_activations_hold_every_sample_s_ratios_gram_hidden_units_z_and_centred_stats(
+        n, k, c, r, dtype):
+    # From EN_SPEC.md "Ratio branch" steps 2-6, written here independently of the kernels.
     pooled, means, rstds, conv_w, fc1_w, fc1_b, *_ = inputs = ratio_inputs(n, k, c, r, dtype)
-    x_hat = (pooled[:, None] - means) * rstds
-    z = (x_hat.reshape(n, k, c // r, r) * conv_w.reshape(c // r, r)).sum(-1)
+    centred = pooled[:, None] - means
+    z = (centred * rstds).reshape(n, k, c // r, r).mul(conv_w.reshape(c // r, r)).sum(-1)
     v = torch.einsum('nag,nbg->nab', z, z).reshape(n, k * k)
     h = torch.tanh(F.linear(v, fc1_w, fc1_b))
     ratios, activations = op()(*inputs)
-    assert activations.shape == (n, k * k + fc1_w.shape[0]) and activations.dtype == dtype
+    layout, total = saved_layout(k, c, r)
+    assert activations.shape == (n, total) and activations.dtype == dtype
     assert not activations.requires_grad and ratios.requires_grad
-    assert_close_scaled([activations[:, :k * k], activations[:, k * k:]],
-                        [v.detach(), h.detach()], TOLERANCES[dtype])
+    expected = {'ratios': ratios, 'gram': v, 'hidden': h, 'z': z.transpose(1, 2),
+                'centred': centred}
+    assert_close_scaled([activations[:, layout[name]] for name in expected],
+                        [value.detach().reshape(n, -1) for value in expected.values()],
+                        TOLERANCES[dtype])
 
 
 def test_float32_tanh_is_within_2e_7_of_torch_including_saturation_and_nan():
@@ -133,10 +149,12 @@ def test_float32_tanh_is_within_2e_7_of_torch_including_saturation_and_nan():
     inputs = [t.detach() for t in ratio_inputs(2, 3, 64, 8, torch.float32)]
     fc1_b = torch.cat([torch.linspace(-30, 30, 145), torch.tensor([0, 1e-6, -1e-6, 9, -9])])
     inputs[4], inputs[5] = torch.zeros_like(inputs[4]), fc1_b
-    hidden = op()(*inputs)[1][:, 9:]
-    torch.testing.assert_close(hidden, torch.tanh(fc1_b).expand(2, -1), rtol=0, atol=2e-7)
+    hidden = saved_layout(3, 64, 8)[0]['hidden']
+    activations = op()(*inputs)[1]
+    torch.testing.assert_close(activations[:, hidden], torch.tanh(fc1_b).expand(2, -1),
+                               rtol=0, atol=2e-7)
     inputs[5] = fc1_b.clone().index_fill_(0, torch.tensor([7]), float('nan'))
-    assert op()(*inputs)[1][:, 9 + 7].isnan().all()
+    assert op()(*inputs)[1][:, hidden.start + 7].isnan().all()
 
 
 def test_ratios_are_a_softmax_over_normalizers():
@@ -208,12 +226,11 @@ def test_more_normalizers_than_the_kernels_hold_are_rejected():
 
 @pytest.mark.parametrize('index, shape, match', [
     (0, (2, 2), r'grad has shape \[2, 2\], expected \(N, K\) = \[2, 3\]'),
-    (1, (3, 3), r'ratios has shape \[3, 3\], expected \(N, K\) = \[2, 3\]'),
-    (2, (2, 150), r'activations has shape \[2, 150\], expected \(N, K \* K \+ P\) = '
-                  r'\[2, 159\]'),
-], ids=['grad', 'ratios', 'activations'])
-def test_backward_op_rejects_gradients_and_saved_outputs_of_the_wrong_shape(index, shape,
-                                                                            match):
+    (1, (2, 159), r'activations has shape \[2, 159\], expected '
+                  r'\(N, K \+ K \* K \+ P \+ K \* C / r \+ K \* C\) = \[2, 378\]'),
+    (2, (2, 64), r'rstds has shape \[2, 64\], expected \(N, K, C\)'),
+], ids=['grad', 'activations', 'rstds'])
+def test_backward_op_rejects_inputs_of_the_wrong_shape(index, shape, match):
     inputs = backward_inputs(2, 3, 64, 8)
     inputs[index] = torch.zeros(shape, dtype=torch.float64)
     with pytest.raises(RuntimeError, match=match):

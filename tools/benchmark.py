@@ -3,9 +3,10 @@
 ``ratio`` times forward + backward of the ratio branch (EN_SPEC.md "Ratio branch" steps
 2-6, paper Sec. 3.3) by the compiled op ``torch.ops.en_seg.exemplar_ratios`` and by the
 pure-PyTorch reference, through the dispatch ExemplarNorm2d uses, for N in {2, 16, 64},
-C in {64, 256, 2048}, K = 3 (IN, LN, BN), r = min(32, C), π = 50. Example::
+C in {64, 256, 2048}, K = 3 (IN, LN, BN), r = min(32, C), π = 50. The table in
+docs/benchmark_ratio.md comes from::
 
-    python tools/benchmark.py ratio --device cpu --out docs/benchmark_ratio.md
+    python tools/benchmark.py ratio --device cpu --threads 1 --clock cpu --repeats 5
 
 ``layer`` and ``model`` (tools/benchmark_norm.py) measure what swapping BatchNorm for EN
 costs: one layer's forward + backward against BN, GN, SN and the literal EN, and one

@@ -7,10 +7,12 @@ op ``en_seg::exemplar_ratios_backward``). Where the extension is not built, the 
 reference :func:`~en_seg.models.ratio_branch.exemplar_ratios_reference` takes over.
 
 ``torch.ops.en_seg.exemplar_ratios(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w,
-fc2_b)`` returns ``(ratios, activations)``: the ratios λ (N, K) and, for its backward,
-every sample's v = z zᵀ and hidden activations h = tanh(W1 v + b1) as activations
-(N, K² + πK), not differentiable. The backward reuses them instead of recomputing the
-forward.
+fc2_b)`` returns ``(ratios, activations)``: the ratios λ (N, K) and, not differentiable,
+what its backward needs of every sample, so that the backward recomputes nothing and saves
+5 tensors rather than 8: activations (N, K + K² + πK + K·C/r + K·C) holds λ, v = zᵀ z,
+h = tanh(W1 v + b1), z (C/r, K) and pooled - means (K, C) (csrc/ratio_math.h, SavedLayout).
+``torch.ops.en_seg.exemplar_ratios_backward(grad, activations, rstds, conv_w, fc1_w,
+fc2_w)`` returns the gradients of the forward's 8 inputs.
 """
 import warnings
 from typing import Optional, Tuple
@@ -25,10 +27,25 @@ try:
 except ImportError as error:
     _LOAD_ERROR = f'{type(error).__name__}: {error}'
 else:
-    _LOAD_ERROR = 'it was built from sources that predate en_seg::exemplar_ratios'
+    _LOAD_ERROR = ('it was built from older sources, without en_seg::exemplar_ratios or '
+                   'with an older schema of it')
+
+
+def _has_current_ops() -> bool:
+    """Whether the loaded library declares the ops as this module registers them (an
+    extension built from older sources may lack them, or declare an older schema)."""
+    if not (hasattr(torch.ops.en_seg, 'exemplar_ratios')
+            and hasattr(torch.ops.en_seg, 'exemplar_ratios_backward')):
+        return False
+    forward = torch.ops.en_seg.exemplar_ratios.default._schema
+    backward = torch.ops.en_seg.exemplar_ratios_backward.default._schema
+    return ([r.name for r in forward.returns] == ['ratios', 'activations']
+            and [a.name for a in backward.arguments]
+            == ['grad', 'activations', 'rstds', 'conv_w', 'fc1_w', 'fc2_w'])
+
 
 #: Whether the extension is built and has the op.
-EXTENSION_AVAILABLE = hasattr(torch.ops.en_seg, 'exemplar_ratios')
+EXTENSION_AVAILABLE = _has_current_ops()
 
 #: Whether the op has CUDA kernels (the extension was built with CUDA).
 CUDA_KERNELS_AVAILABLE = EXTENSION_AVAILABLE and (
@@ -95,9 +112,9 @@ def exemplar_ratios(pooled: Tensor, means: Tensor, rstds: Tensor, conv_weight: T
     """
     args = (pooled, means, rstds, conv_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     if impl == 'op':
-        # The layer calls this once per forward: Tensor.is_cpu / is_cuda rather than
-        # device.type, which builds a device and a string, costs microseconds per
-        # forward + backward at N = 2 (docs/benchmark_ratio.md).
+        # The layer calls this once per forward, and at N = 2 the op's forward + backward
+        # is about 100 µs, nearly all of it fixed costs: Tensor.is_cpu / is_cuda here,
+        # since a test of (device.type, dtype) measured 2-4 µs more per forward + backward.
         if pooled.dtype in _dtypes_for_device(pooled, _OP_CPU_DTYPES, _OP_CUDA_DTYPES):
             return _OP(*args)[0]
         _warn_if_not_built(pooled)
@@ -134,40 +151,41 @@ def _warn_once(message: str) -> None:
 
 
 if EXTENSION_AVAILABLE:
-    # The overloads themselves: calling them skips the overload resolution of the packets
-    # torch.ops.en_seg.exemplar_ratios(_backward).
+    # The overloads the dispatch and the backward call.
     _OP = torch.ops.en_seg.exemplar_ratios.default
     _BACKWARD_OP = torch.ops.en_seg.exemplar_ratios_backward.default
 
     @torch.library.register_fake('en_seg::exemplar_ratios')
     def _exemplar_ratios_fake(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b):
-        torch._check(pooled.dim() == 2 and means.dim() == 3 and fc1_w.dim() == 2,
-                     lambda: 'en_seg::exemplar_ratios: pooled must be (N, C), means '
-                             f'(N, K, C) and fc1_w (P, K * K), got {tuple(pooled.shape)}, '
-                             f'{tuple(means.shape)} and {tuple(fc1_w.shape)}')
-        n, k = means.shape[:2]
-        return pooled.new_empty(n, k), pooled.new_empty(n, k * k + fc1_w.shape[0])
+        torch._check(means.dim() == 3 and conv_w.dim() == 3 and fc1_w.dim() == 2,
+                     lambda: 'en_seg::exemplar_ratios: means must be (N, K, C), conv_w '
+                             f'(C / r, r, 1) and fc1_w (P, K * K), got {tuple(means.shape)}, '
+                             f'{tuple(conv_w.shape)} and {tuple(fc1_w.shape)}')
+        n, k, c = means.shape
+        saved = k + k * k + fc1_w.shape[0] + k * conv_w.shape[0] + k * c
+        return pooled.new_empty(n, k), pooled.new_empty(n, saved)
 
     @torch.library.register_fake('en_seg::exemplar_ratios_backward')
-    def _exemplar_ratios_backward_fake(grad, ratios, activations, pooled, means, rstds, conv_w,
-                                       fc1_w, fc2_w):
+    def _exemplar_ratios_backward_fake(grad, activations, rstds, conv_w, fc1_w, fc2_w):
         def like(tensor):
             return torch.empty_like(tensor, memory_format=torch.contiguous_format)
 
-        return (like(pooled), like(means), like(rstds), like(conv_w), like(fc1_w),
-                fc1_w.new_empty(fc1_w.shape[0]), like(fc2_w), fc2_w.new_empty(fc2_w.shape[0]))
+        n, k, c = rstds.shape
+        return (rstds.new_empty(n, c), like(rstds), like(rstds), like(conv_w), like(fc1_w),
+                fc1_w.new_empty(fc1_w.shape[0]), like(fc2_w), fc2_w.new_empty(k))
 
     def _setup_context(ctx, inputs: Tuple[Tensor, ...],
                        output: Tuple[Tensor, Tensor]) -> None:
-        # The backward needs neither bias, and takes v and h from the activations rather
-        # than recomputing them. Nothing flows back through the activations: marking them
-        # non-differentiable, without materialized gradients, spares the engine a zero
-        # tensor per backward.
-        pooled, means, rstds, conv_w, fc1_w, _, fc2_w, _ = inputs
-        ratios, activations = output
+        # The activations hold everything the backward needs besides rstds and the three
+        # weights. Each saved tensor costs about half a microsecond per forward + backward,
+        # so 5 rather than the 8 inputs matter at small N (docs/benchmark_ratio.md). Nothing
+        # flows back through the activations: marking them non-differentiable, without
+        # materialized gradients, spares the engine a zero tensor per backward.
+        _, _, rstds, conv_w, fc1_w, _, fc2_w, _ = inputs
+        activations = output[1]
         ctx.mark_non_differentiable(activations)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(ratios, activations, pooled, means, rstds, conv_w, fc1_w, fc2_w)
+        ctx.save_for_backward(activations, rstds, conv_w, fc1_w, fc2_w)
 
     def _backward(ctx, grad: Optional[Tensor], _: None) -> Tuple[Optional[Tensor], ...]:
         if grad is None:  # an undefined gradient of the ratios: nothing flows back

@@ -32,29 +32,28 @@ RatioArgs check_ratio_args(const char* op, const at::Tensor& pooled, const at::T
                            const at::Tensor& fc1_w, const at::Tensor& fc1_b,
                            const at::Tensor& fc2_w, const at::Tensor& fc2_b);
 
-// The forward's outputs, uninitialised: ratios (N, K) and activations (N, K² + P).
+// The forward's outputs, uninitialised: ratios (N, K) and activations
+// (N, ratio::SavedLayout::total).
 std::tuple<at::Tensor, at::Tensor> empty_ratio_outputs(const RatioArgs& args);
 
 // The backward's inputs, checked and made contiguous, with the sizes they imply.
 struct RatioBackwardArgs {
-  at::Tensor grad, ratios, activations, pooled, means, rstds, conv_w, fc1_w, fc2_w;
+  at::Tensor grad, activations, rstds, conv_w, fc1_w, fc2_w;
   ratio::Sizes sizes;
 
   template <typename T>
   ratio::BackwardInputs<T> inputs() const {
-    return {grad.data_ptr<T>(),  ratios.data_ptr<T>(), activations.data_ptr<T>(),
-            pooled.data_ptr<T>(), means.data_ptr<T>(), rstds.data_ptr<T>(),
-            conv_w.data_ptr<T>(), fc1_w.data_ptr<T>(), fc2_w.data_ptr<T>()};
+    return {grad.data_ptr<T>(),   activations.data_ptr<T>(), rstds.data_ptr<T>(),
+            conv_w.data_ptr<T>(), fc1_w.data_ptr<T>(),       fc2_w.data_ptr<T>()};
   }
 };
 
-// As check_ratio_args, for grad and ratios (N, K), activations (N, K² + P) and the forward's
-// inputs other than the biases.
-RatioBackwardArgs check_ratio_backward_args(
-    const char* op, const at::Tensor& grad, const at::Tensor& ratios,
-    const at::Tensor& activations, const at::Tensor& pooled, const at::Tensor& means,
-    const at::Tensor& rstds, const at::Tensor& conv_w, const at::Tensor& fc1_w,
-    const at::Tensor& fc2_w);
+// As check_ratio_args, for grad (N, K), activations (N, ratio::SavedLayout::total), rstds
+// (N, K, C) and the three weights.
+RatioBackwardArgs check_ratio_backward_args(const char* op, const at::Tensor& grad,
+                                            const at::Tensor& activations,
+                                            const at::Tensor& rstds, const at::Tensor& conv_w,
+                                            const at::Tensor& fc1_w, const at::Tensor& fc2_w);
 
 // Gradients for every input of the forward, in schema order.
 using RatioGradTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,

@@ -2,11 +2,12 @@
 //
 // The ratio branch is a few small reductions per sample, so in PyTorch it costs a dozen
 // operator launches forward and more backward, each with little work. Here the forward is
-// one pass per sample, which also saves v and h; the backward is one pass per sample for
-// the input gradients, then one pass per parameter entry that sums its per-sample terms in
-// sample order. Samples and parameter entries are spread over threads with
-// at::parallel_for once they carry enough work; no value depends on how the range is split,
-// so results do not depend on the number of threads.
+// one pass per sample, which also saves what the backward needs (ratio::SavedLayout); the
+// backward is one pass per sample for the input gradients, then one pass per parameter
+// entry that sums its per-sample terms in sample order. Samples and parameter entries are
+// spread over threads with at::parallel_for once they carry enough work (below that it
+// calls the loop directly, at the cost of a few function calls); no value depends on how
+// the range is split, so results do not depend on the number of threads.
 //
 // The hidden layer's loops run along the P hidden units, contiguous in memory, so that the
 // compiler vectorizes them, tanh included (ratio::tanh_of). For that fc1's weight is read
@@ -27,7 +28,7 @@ namespace {
 using ratio::BackwardInputs;
 using ratio::Grads;
 using ratio::Inputs;
-using ratio::Sample;
+using ratio::SavedLayout;
 using ratio::Sizes;
 
 // Work worth a parallel task, in multiply-adds; ATen's own grain size (TensorIterator.h).
@@ -42,50 +43,106 @@ int64_t sample_grain(const Sizes& s) {
   return std::max<int64_t>(1, kGrainSize / work);
 }
 
-// w (rows, cols) row-major, transposed to (cols, rows).
+// w (rows, cols) row-major, transposed to (cols, rows). Row by row of the result, whose
+// stores are then contiguous: twice as fast as the other order for fc1's (150, 9).
 template <typename T>
 std::vector<T> transposed(const T* w, int64_t rows, int64_t cols) {
   std::vector<T> t(rows * cols);
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) t[j * rows + i] = w[i * cols + j];
+  for (int64_t j = 0; j < cols; ++j) {
+    T* row = t.data() + j * rows;
+    for (int64_t i = 0; i < rows; ++i) row[i] = w[i * cols + j];
   }
   return t;
 }
 
-// Sample n's ratios (K) and activations (v, K², then h, P). fc1_t is fc1_w transposed.
+// out[j] = Σ_i rows[j][i] x[i] for the `count` rows of `rows` (count, len), four sums at a
+// time: a single vectorized sum waits on each of its adds in turn. A block past `count`
+// repeats row count - 1 and is dropped.
+template <typename T>
+void dot_rows(const T* rows, int count, const T* x, int64_t len, T* out) {
+  for (int j0 = 0; j0 < count; j0 += 4) {
+    const T* row[4];
+    for (int j = 0; j < 4; ++j) row[j] = rows + std::min(j0 + j, count - 1) * len;
+    T sum0 = T(0), sum1 = T(0), sum2 = T(0), sum3 = T(0);
+    EN_SEG_SIMD_SUM(sum0, sum1, sum2, sum3)
+    for (int64_t i = 0; i < len; ++i) {
+      sum0 += row[0][i] * x[i];
+      sum1 += row[1][i] * x[i];
+      sum2 += row[2][i] * x[i];
+      sum3 += row[3][i] * x[i];
+    }
+    const T sums[4] = {sum0, sum1, sum2, sum3};
+    for (int j = 0; j < 4 && j0 + j < count; ++j) out[j0 + j] = sums[j];
+  }
+}
+
+// y[i] += Σ_j a[j] rows[j][i] for i < len over the `count` rows of `rows`, `stride` apart:
+// up to four rows per pass over y, which saves a load and a store of y per row.
+template <typename T>
+void add_rows(const T* rows, int64_t stride, int count, const T* a, int64_t len, T* y) {
+  int j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const T* r0 = rows + j * stride;
+    const T* r1 = r0 + stride;
+    const T* r2 = r1 + stride;
+    const T* r3 = r2 + stride;
+    const T a0 = a[j], a1 = a[j + 1], a2 = a[j + 2], a3 = a[j + 3];
+    EN_SEG_SIMD
+    for (int64_t i = 0; i < len; ++i) {
+      y[i] += a0 * r0[i] + a1 * r1[i] + a2 * r2[i] + a3 * r3[i];
+    }
+  }
+  for (; j + 2 <= count; j += 2) {
+    const T* r0 = rows + j * stride;
+    const T* r1 = r0 + stride;
+    const T a0 = a[j], a1 = a[j + 1];
+    EN_SEG_SIMD
+    for (int64_t i = 0; i < len; ++i) y[i] += a0 * r0[i] + a1 * r1[i];
+  }
+  for (; j < count; ++j) {
+    const T* r0 = rows + j * stride;
+    const T a0 = a[j];
+    EN_SEG_SIMD
+    for (int64_t i = 0; i < len; ++i) y[i] += a0 * r0[i];
+  }
+}
+
+// Sample n's ratios (K) and its row of activations (SavedLayout). fc1_t is fc1_w
+// transposed.
 template <typename T>
 void sample_forward(const Sizes& s, const Inputs<T>& in, const T* fc1_t, int64_t n, T* ratios,
-                    T* activations) {
-  const Sample<T> x(in.pooled, in.means, in.rstds, s, n);
+                    T* saved) {
+  const SavedLayout layout(s);
+  const T* rstds = in.rstds + n * s.k * s.c;
   const int kk = s.k * s.k;
-  T* v = activations;
-  T* h = activations + kk;
-  T z[ratio::kMaxNormalizers];
+  T* v = saved + layout.gram;
+  T* h = saved + layout.hidden;
+  T* z = saved + layout.z;
+  T* centred = saved + layout.centred;
+  ratio::center(s, in.pooled + n * s.c, in.means + n * s.k * s.c, 0, s.c, centred);
   std::fill(v, v + kk, T(0));
   for (int64_t g = 0; g < s.groups(); ++g) {
-    ratio::project_group(s, x, in.conv_w, g, z);
-    ratio::accumulate_gram(s.k, z, v);
+    ratio::project_group(s, centred, rstds, in.conv_w, g, z + g * s.k);
+    ratio::accumulate_gram(s.k, z + g * s.k, v);
   }
   std::copy(in.fc1_b, in.fc1_b + s.hidden, h);
-  for (int q = 0; q < kk; ++q) {
-    const T v_q = v[q];
-    const T* w = fc1_t + q * s.hidden;
-    EN_SEG_SIMD
-    for (int64_t i = 0; i < s.hidden; ++i) h[i] += w[i] * v_q;
-  }
+  add_rows(fc1_t, s.hidden, kk, v, s.hidden, h);
   EN_SEG_SIMD
   for (int64_t i = 0; i < s.hidden; ++i) h[i] = ratio::tanh_of(h[i]);
-  for (int k = 0; k < s.k; ++k) ratios[k] = ratio::logit(s, in.fc2_w, in.fc2_b, h, k);
-  ratio::softmax(s.k, ratios);
+  T* lambda = saved + layout.ratios;
+  dot_rows(in.fc2_w, s.k, h, s.hidden, lambda);
+  for (int k = 0; k < s.k; ++k) lambda[k] += in.fc2_b[k];
+  ratio::softmax(s.k, lambda);
+  std::copy(lambda, lambda + s.k, ratios);
 }
 
 template <typename T>
 void forward_kernel(const Sizes& s, const Inputs<T>& in, T* ratios, T* activations) {
   const std::vector<T> fc1_t = transposed(in.fc1_w, s.hidden, s.k * s.k);
+  const int64_t row = SavedLayout(s).total;
   at::parallel_for(0, s.n, sample_grain(s), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      sample_forward(s, in, fc1_t.data(), n, ratios + n * s.k,
-                     activations + n * s.activations());
+      sample_forward(s, in, fc1_t.data(), n, ratios + n * s.k, activations + n * row);
     }
   });
 }
@@ -98,70 +155,78 @@ struct SampleTerms {
   T* conv_w;  // (N, C) sample n's term of the convolution weights' gradient
 };
 
-// Writes sample n's input gradients and its rows of `terms`. fc1_t is fc1_w transposed.
+// Steps 2-3 backward for one sample, from its z (G, K), centred and rstds (K, C): writes
+// the gradients of pooled (C), means and rstds (K, C) and the sample's term of the
+// convolution weights' gradient (C). The arithmetic of ratio::project_group_backward, which
+// the CUDA kernel runs one group per thread; here each normalizer takes one pass along all
+// channels, with gz_g = (S z_g)_k spread over group g's channels in `gz` (C), since short
+// loops over the r channels of a group cost more in overhead than in arithmetic.
+template <typename T>
+void statistics_backward(const Sizes& s, const T* centred, const T* rstds, const T* conv_w,
+                         const T* sym, const T* z, T* gz, T* g_pooled, T* g_means,
+                         T* g_rstds, T* g_conv_w) {
+  std::fill(g_pooled, g_pooled + s.c, T(0));
+  std::fill(g_conv_w, g_conv_w + s.c, T(0));
+  for (int k = 0; k < s.k; ++k) {
+    const T* sym_k = sym + k * s.k;
+    for (int64_t g = 0; g < s.groups(); ++g) {
+      T gz_g = T(0);
+      for (int b = 0; b < s.k; ++b) gz_g += sym_k[b] * z[g * s.k + b];
+      std::fill(gz + g * s.r, gz + (g + 1) * s.r, gz_g);
+    }
+    const T* d = centred + k * s.c;
+    const T* rstd = rstds + k * s.c;
+    T* g_mean = g_means + k * s.c;
+    T* g_rstd = g_rstds + k * s.c;
+    EN_SEG_SIMD
+    for (int64_t c = 0; c < s.c; ++c) {
+      const T g_xhat = gz[c] * conv_w[c];
+      g_conv_w[c] += gz[c] * (d[c] * rstd[c]);
+      g_pooled[c] += g_xhat * rstd[c];
+      g_mean[c] = -g_xhat * rstd[c];
+      g_rstd[c] = g_xhat * d[c];
+    }
+  }
+}
+
+// Writes sample n's input gradients and its rows of `terms`. fc1_t is fc1_w transposed; gz
+// is scratch for C values.
 template <typename T>
 void sample_backward(const Sizes& s, const BackwardInputs<T>& in, const T* fc1_t, int64_t n,
-                     const Grads<T>& out, const SampleTerms<T>& terms) {
+                     const Grads<T>& out, const SampleTerms<T>& terms, T* gz) {
+  const SavedLayout layout(s);
+  const T* saved = in.activations + n * layout.total;
+  const T* h = saved + layout.hidden;
   const int kk = s.k * s.k;
-  const T* h = in.activations + n * s.activations() + kk;
   T* go = terms.go + n * s.k;
   T* gu = terms.gu + n * s.hidden;
-  ratio::softmax_backward(s.k, in.ratios + n * s.k, in.grad + n * s.k, go);
+  ratio::softmax_backward(s.k, saved + layout.ratios, in.grad + n * s.k, go);
   // gu = (W2ᵀ go) ⊙ (1 - h²), along the hidden units.
   std::fill(gu, gu + s.hidden, T(0));
-  for (int k = 0; k < s.k; ++k) {
-    const T go_k = go[k];
-    const T* w = in.fc2_w + k * s.hidden;
-    EN_SEG_SIMD
-    for (int64_t i = 0; i < s.hidden; ++i) gu[i] += w[i] * go_k;
-  }
+  add_rows(in.fc2_w, s.hidden, s.k, go, s.hidden, gu);
   EN_SEG_SIMD
   for (int64_t i = 0; i < s.hidden; ++i) gu[i] = ratio::tanh_backward(gu[i], h[i]);
-  // S = Gv + Gvᵀ with Gv_q = Σ_i W1_iq gu_i, sums along the hidden units taken four at a
-  // time: one sum alone waits on each of its vector adds in turn.
+  // S = Gv + Gvᵀ with Gv_q = Σ_i W1_iq gu_i.
   T gv[ratio::kMaxNormalizers * ratio::kMaxNormalizers];
-  const int64_t p = s.hidden;
-  int q = 0;
-  for (; q + 4 <= kk; q += 4) {
-    const T* w = fc1_t + q * p;
-    T sum0 = T(0), sum1 = T(0), sum2 = T(0), sum3 = T(0);
-    EN_SEG_SIMD_SUM(sum0, sum1, sum2, sum3)
-    for (int64_t i = 0; i < p; ++i) {
-      sum0 += w[i] * gu[i];
-      sum1 += w[p + i] * gu[i];
-      sum2 += w[2 * p + i] * gu[i];
-      sum3 += w[3 * p + i] * gu[i];
-    }
-    gv[q] = sum0;
-    gv[q + 1] = sum1;
-    gv[q + 2] = sum2;
-    gv[q + 3] = sum3;
-  }
-  for (; q < kk; ++q) {
-    const T* w = fc1_t + q * p;
-    T sum = T(0);
-    EN_SEG_SIMD_SUM(sum)
-    for (int64_t i = 0; i < p; ++i) sum += w[i] * gu[i];
-    gv[q] = sum;
-  }
+  dot_rows(fc1_t, kk, gu, s.hidden, gv);
   T sym[ratio::kMaxNormalizers * ratio::kMaxNormalizers];
   for (int a = 0; a < s.k; ++a) {
     for (int b = 0; b < s.k; ++b) sym[a * s.k + b] = gv[a * s.k + b] + gv[b * s.k + a];
   }
-  const Sample<T> x(in.pooled, in.means, in.rstds, s, n);
-  for (int64_t g = 0; g < s.groups(); ++g) {
-    ratio::project_group_backward(s, x, in.conv_w, sym, g, out.pooled + n * s.c,
-                                  out.means + n * s.k * s.c, out.rstds + n * s.k * s.c,
-                                  terms.conv_w + n * s.c);
-  }
+  statistics_backward(s, saved + layout.centred, in.rstds + n * s.k * s.c, in.conv_w, sym,
+                      saved + layout.z, gz, out.pooled + n * s.c, out.means + n * s.k * s.c,
+                      out.rstds + n * s.k * s.c, terms.conv_w + n * s.c);
 }
 
-// The parameter gradients, every entry the sum of its per-sample terms in sample order:
+// The parameter gradients, every entry the sum of its per-sample terms in sample order,
+// four samples per pass over the entries:
 // gW1_iq = Σ_n gu_ni v_nq, gb1_i = Σ_n gu_ni, gW2_ki = Σ_n go_nk h_ni, gb2_k = Σ_n go_nk,
-// gw_c = Σ_n (conv term)_nc. Threads split the hidden units and the channels.
+// gw_c = Σ_n (conv term)_nc. Threads split the hidden units and the channels, never the
+// samples, so that the sums do not depend on the number of threads.
 template <typename T>
 void param_grads(const Sizes& s, const BackwardInputs<T>& in, const SampleTerms<T>& terms,
                  const Grads<T>& out) {
+  const SavedLayout layout(s);
   const int kk = s.k * s.k;
   const int64_t samples = std::max<int64_t>(1, s.n);
   const int64_t unit_grain = std::max<int64_t>(1, kGrainSize / (samples * (kk + s.k + 1)));
@@ -174,24 +239,21 @@ void param_grads(const Sizes& s, const BackwardInputs<T>& in, const SampleTerms<
     for (int k = 0; k < s.k; ++k) {
       std::fill(out.fc2_w + k * s.hidden + begin, out.fc2_w + k * s.hidden + end, T(0));
     }
-    for (int64_t n = 0; n < s.n; ++n) {
-      const T* v = in.activations + n * s.activations();
-      const T* h = v + kk + begin;
-      const T* gu = terms.gu + n * s.hidden + begin;
+    const T ones[4] = {T(1), T(1), T(1), T(1)};
+    for (int64_t n0 = 0; n0 < s.n; n0 += 4) {
+      const int count = static_cast<int>(std::min<int64_t>(4, s.n - n0));
+      const T* saved = in.activations + n0 * layout.total;
+      const T* gu = terms.gu + n0 * s.hidden + begin;
+      T a[4];
       for (int q = 0; q < kk; ++q) {
-        const T v_q = v[q];
-        T* g = g_fc1_t.data() + q * units;
-        EN_SEG_SIMD
-        for (int64_t i = 0; i < units; ++i) g[i] += gu[i] * v_q;
+        for (int j = 0; j < count; ++j) a[j] = saved[j * layout.total + layout.gram + q];
+        add_rows(gu, s.hidden, count, a, units, g_fc1_t.data() + q * units);
       }
-      T* g_fc1_b = out.fc1_b + begin;
-      EN_SEG_SIMD
-      for (int64_t i = 0; i < units; ++i) g_fc1_b[i] += gu[i];
+      add_rows(gu, s.hidden, count, ones, units, out.fc1_b + begin);
       for (int k = 0; k < s.k; ++k) {
-        const T go_k = terms.go[n * s.k + k];
-        T* g = out.fc2_w + k * s.hidden + begin;
-        EN_SEG_SIMD
-        for (int64_t i = 0; i < units; ++i) g[i] += go_k * h[i];
+        for (int j = 0; j < count; ++j) a[j] = terms.go[(n0 + j) * s.k + k];
+        add_rows(saved + layout.hidden + begin, layout.total, count, a, units,
+                 out.fc2_w + k * s.hidden + begin);
       }
     }
     for (int64_t i = 0; i < units; ++i) {
@@ -205,12 +267,12 @@ void param_grads(const Sizes& s, const BackwardInputs<T>& in, const SampleTerms<
   }
   const int64_t channel_grain = std::max<int64_t>(1, kGrainSize / samples);
   at::parallel_for(0, s.c, channel_grain, [&](int64_t begin, int64_t end) {
-    T* g = out.conv_w;
-    std::fill(g + begin, g + end, T(0));
-    for (int64_t n = 0; n < s.n; ++n) {
-      const T* row = terms.conv_w + n * s.c;
-      EN_SEG_SIMD
-      for (int64_t c = begin; c < end; ++c) g[c] += row[c];
+    std::fill(out.conv_w + begin, out.conv_w + end, T(0));
+    const T ones[4] = {T(1), T(1), T(1), T(1)};
+    for (int64_t n0 = 0; n0 < s.n; n0 += 4) {
+      const int count = static_cast<int>(std::min<int64_t>(4, s.n - n0));
+      add_rows(terms.conv_w + n0 * s.c + begin, s.c, count, ones, end - begin,
+               out.conv_w + begin);
     }
   });
 }
@@ -222,7 +284,10 @@ void backward_kernel(const Sizes& s, const BackwardInputs<T>& in, const Grads<T>
   const SampleTerms<T> terms{workspace, workspace + s.n * s.k,
                              workspace + s.n * (s.k + s.hidden)};
   at::parallel_for(0, s.n, sample_grain(s), [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) sample_backward(s, in, fc1_t.data(), n, out, terms);
+    std::vector<T> gz(s.c);
+    for (int64_t n = begin; n < end; ++n) {
+      sample_backward(s, in, fc1_t.data(), n, out, terms, gz.data());
+    }
   });
   param_grads(s, in, terms, out);
 }
@@ -242,17 +307,18 @@ std::tuple<at::Tensor, at::Tensor> exemplar_ratios_cpu(
   return outputs;
 }
 
-RatioGradTensors exemplar_ratios_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& ratios, const at::Tensor& activations,
-    const at::Tensor& pooled, const at::Tensor& means, const at::Tensor& rstds,
-    const at::Tensor& conv_w, const at::Tensor& fc1_w, const at::Tensor& fc2_w) {
-  const RatioBackwardArgs args =
-      check_ratio_backward_args("en_seg::exemplar_ratios_backward", grad, ratios,
-                                activations, pooled, means, rstds, conv_w, fc1_w, fc2_w);
+RatioGradTensors exemplar_ratios_backward_cpu(const at::Tensor& grad,
+                                              const at::Tensor& activations,
+                                              const at::Tensor& rstds,
+                                              const at::Tensor& conv_w,
+                                              const at::Tensor& fc1_w,
+                                              const at::Tensor& fc2_w) {
+  const RatioBackwardArgs args = check_ratio_backward_args(
+      "en_seg::exemplar_ratios_backward", grad, activations, rstds, conv_w, fc1_w, fc2_w);
   RatioGradBuffers out(args);
   const Sizes& s = args.sizes;
-  at::Tensor workspace = at::empty({s.n * (s.k + s.hidden + s.c)}, args.pooled.options());
-  AT_DISPATCH_FLOATING_TYPES(args.pooled.scalar_type(), "exemplar_ratios_backward_cpu", [&] {
+  at::Tensor workspace = at::empty({s.n * (s.k + s.hidden + s.c)}, args.rstds.options());
+  AT_DISPATCH_FLOATING_TYPES(args.rstds.scalar_type(), "exemplar_ratios_backward_cpu", [&] {
     backward_kernel(s, args.inputs<scalar_t>(), out.grads<scalar_t>(),
                     workspace.data_ptr<scalar_t>());
   });

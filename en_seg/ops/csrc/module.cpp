@@ -20,18 +20,19 @@ TORCH_LIBRARY(en_seg, m) {
   m.set_python_module("en_seg.ops.ratio_op");
   // EN_SPEC.md "Ratio branch" steps 2-6: ratios λ (N, K) from pooled (N, C), means and
   // rstds (N, K, C), conv_w (C / r, r, 1), fc1_w (P, K * K), fc1_b (P), fc2_w (K, P),
-  // fc2_b (K). Also returns, for the backward, every sample's v = z zᵀ and hidden
-  // activations h as activations (N, K * K + P); it is not differentiable.
+  // fc2_b (K). Also returns activations (N, K + K * K + P + K * C / r + K * C), not
+  // differentiable: every sample's λ, v = zᵀ z, h, z and p - μ_k, what the backward needs
+  // (ratio_math.h, SavedLayout).
   m.def(
       "exemplar_ratios(Tensor pooled, Tensor means, Tensor rstds, Tensor conv_w, "
       "Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b) -> "
       "(Tensor ratios, Tensor activations)",
       {at::Tag::pt2_compliant_tag});
   // Gradients of every input of exemplar_ratios, in its order, from grad = dL/dλ (N, K),
-  // the forward's two outputs and its inputs other than the biases.
+  // the forward's activations, rstds and the three weights.
   m.def(
-      "exemplar_ratios_backward(Tensor grad, Tensor ratios, Tensor activations, "
-      "Tensor pooled, Tensor means, Tensor rstds, Tensor conv_w, Tensor fc1_w, "
-      "Tensor fc2_w) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+      "exemplar_ratios_backward(Tensor grad, Tensor activations, Tensor rstds, "
+      "Tensor conv_w, Tensor fc1_w, Tensor fc2_w) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 }

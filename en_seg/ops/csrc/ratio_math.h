@@ -1,23 +1,26 @@
 // The per-sample arithmetic of Exemplar Normalization's ratio branch (EN_SPEC.md "Ratio
-// branch" steps 2-6; paper Sec. 3.3, Fig. 2, Eq. 4) and its gradient, written once for
-// both kernels: the CPU kernel (exemplar_ratios_cpu.cpp) runs them per sample, with the
-// hidden layer's sums along the P units so that they vectorize; the CUDA kernel
-// (cuda/exemplar_ratios_kernel.cu) spreads a sample over a thread block, one unit or one
-// group of channels per thread, using the per-unit forms below. Plain C++ (no torch, no CUDA
-// headers) so that nvcc compiles the CUDA translation unit without torch.
+// branch" steps 2-6; paper Sec. 3.3, Fig. 2, Eq. 4) and its gradient, shared by both
+// kernels where their loops agree. The CUDA kernel (cuda/exemplar_ratios_kernel.cu)
+// spreads a sample over a thread block, one group of channels or one unit per thread, with
+// the per-group and per-unit forms below. The CPU kernel (exemplar_ratios_cpu.cpp) runs
+// the forward's per-group steps and the elementwise pieces, but the hidden layer as sums
+// along the P units and the statistics' backward along all C channels, so that its loops
+// are long enough to vectorize. Plain C++ (no torch, no CUDA headers) so that nvcc
+// compiles the CUDA translation unit without torch.
 //
-// For one sample, with x̂_kc = (p_c - μ_kc) s_kc (s = 1/sqrt(σ² + ε)), g(c) = c / r:
-//   z_kg = Σ_{c in group g} w_c x̂_kc          (grouped 1-D conv, C -> G = C / r)
-//   v    = z zᵀ flattened row-major to K²     (v_{aK+b} = Σ_g z_ag z_bg)
+// For one sample, with d_kc = p_c - μ_kc, x̂_kc = d_kc s_kc (s = 1/sqrt(σ² + ε)),
+// g(c) = c / r:
+//   z_gk = Σ_{c in group g} w_c x̂_kc          (grouped 1-D conv, C -> G = C / r)
+//   v    = zᵀ z flattened row-major to K²     (v_{aK+b} = Σ_g z_ga z_gb)
 //   h    = tanh(W1 v + b1)                    (P = πK hidden units)
 //   λ    = softmax(W2 h + b2)                 (K ratios)
-// The forward saves v and h (its second output, "activations"), so that the backward does
-// not recompute them. For an upstream gradient gλ:
+// The forward saves λ, v, h, z and d (SavedLayout, its second output "activations"), so
+// that the backward recomputes nothing and needs neither p nor μ. For an upstream gradient gλ:
 //   go   = λ ⊙ (gλ - <λ, gλ>)                 gW2 = go hᵀ, gb2 = go
 //   gu_i = (W2ᵀ go)_i (1 - h_i²)              gW1 = gu vᵀ, gb1 = gu
-//   S    = Gv + Gvᵀ, Gv = (W1ᵀ gu) as K×K     gz = S z (v is quadratic in z)
-//   gx̂_kc = gz_kg(c) w_c                      gw_c = Σ_k gz_kg(c) x̂_kc
-//   gp_c = Σ_k gx̂_kc s_kc,  gμ_kc = -gx̂_kc s_kc,  gs_kc = gx̂_kc (p_c - μ_kc).
+//   S    = Gv + Gvᵀ, Gv = (W1ᵀ gu) as K×K     gz_g = S z_g (v is quadratic in z)
+//   gx̂_kc = gz_g(c)k w_c                      gw_c = Σ_k gz_g(c)k x̂_kc
+//   gp_c = Σ_k gx̂_kc s_kc,  gμ_kc = -gx̂_kc s_kc,  gs_kc = gx̂_kc d_kc.
 #pragma once
 
 #include <algorithm>
@@ -57,8 +60,25 @@ struct Sizes {
   int k;           // normalizers K
 
   EN_SEG_HOST_DEVICE int64_t groups() const { return c / r; }
-  // Values per sample of the forward's second output: v (K²), then h (P).
-  EN_SEG_HOST_DEVICE int64_t activations() const { return k * k + hidden; }
+};
+
+// Where a sample's values sit in its row of the forward's second output, activations: what
+// the backward needs from the forward.
+struct SavedLayout {
+  int64_t ratios;   // λ (K)
+  int64_t gram;     // v (K²)
+  int64_t hidden;   // h (P)
+  int64_t z;        // z (G, K), group by group
+  int64_t centred;  // d = p - μ_k (K, C)
+  int64_t total;    // values per sample: K + K² + P + K·G + K·C
+
+  EN_SEG_HOST_DEVICE explicit SavedLayout(const Sizes& s)
+      : ratios(0),
+        gram(s.k),
+        hidden(gram + s.k * s.k),
+        z(hidden + s.hidden),
+        centred(z + s.groups() * s.k),
+        total(centred + s.k * s.c) {}
 };
 
 // What the forward reads.
@@ -74,16 +94,13 @@ struct Inputs {
   const T* fc2_b;   // (K,)
 };
 
-// What the backward reads: the upstream gradient, the forward's outputs, and the inputs the
-// gradients depend on (not the biases).
+// What the backward reads: the upstream gradient, the forward's saved values, and the
+// inputs the gradients depend on besides them.
 template <typename T>
 struct BackwardInputs {
   const T* grad;         // (N, K) dL/dλ
-  const T* ratios;       // (N, K) λ
-  const T* activations;  // (N, K² + P) v and h of every sample
-  const T* pooled;       // shapes as in Inputs
-  const T* means;
-  const T* rstds;
+  const T* activations;  // (N, SavedLayout::total)
+  const T* rstds;        // shapes as in Inputs
   const T* conv_w;
   const T* fc1_w;
   const T* fc2_w;
@@ -99,20 +116,6 @@ struct Grads {
   T* fc1_b;
   T* fc2_w;
   T* fc2_b;
-};
-
-// One sample's statistics: pooled (C,), means and rstds (K, C).
-template <typename T>
-struct Sample {
-  const T* pooled;
-  const T* means;
-  const T* rstds;
-
-  EN_SEG_HOST_DEVICE Sample(const T* all_pooled, const T* all_means, const T* all_rstds,
-                            const Sizes& s, int64_t n)
-      : pooled(all_pooled + n * s.c),
-        means(all_means + n * s.k * s.c),
-        rstds(all_rstds + n * s.k * s.c) {}
 };
 
 // tanh(x) = sign(x) (1 - 2 / (e^y + 1)), y = 2 |x|. On the GPU, CUDA's tanhf. On the CPU,
@@ -151,25 +154,51 @@ EN_SEG_HOST_DEVICE double tanh_of(double x) { return tanh(x); }
 EN_SEG_HOST_DEVICE float exp_of(float x) { return expf(x); }
 EN_SEG_HOST_DEVICE double exp_of(double x) { return exp(x); }
 
-// Steps 2-3 for group g: z_k = Σ_{c in g} w_c (p_c - μ_kc) s_kc for every k.
+// Step 2's differences for channels [begin, end) of one sample: d_kc = p_c - μ_kc, from its
+// pooled (C) and means (K, C), into centred (K, C).
 template <typename T>
-EN_SEG_HOST_DEVICE void project_group(const Sizes& s, const Sample<T>& x, const T* conv_w,
-                                      int64_t g, T* z) {
-  const int64_t begin = g * s.r;
-  const int64_t end = begin + s.r;
+EN_SEG_HOST_DEVICE void center(const Sizes& s, const T* pooled, const T* means, int64_t begin,
+                               int64_t end, T* centred) {
   for (int k = 0; k < s.k; ++k) {
-    const T* mean = x.means + k * s.c;
-    const T* rstd = x.rstds + k * s.c;
-    T sum = T(0);
-    EN_SEG_SIMD_SUM(sum)
-    for (int64_t c = begin; c < end; ++c) {
-      sum += conv_w[c] * ((x.pooled[c] - mean[c]) * rstd[c]);
-    }
-    z[k] = sum;
+    const T* mean = means + k * s.c;
+    T* d = centred + k * s.c;
+    EN_SEG_SIMD
+    for (int64_t c = begin; c < end; ++c) d[c] = pooled[c] - mean[c];
   }
 }
 
-// Step 4, one group's term: v += z zᵀ (K² entries, row-major).
+// Steps 2-3 for group g of one sample, from its centred and rstds (K, C): z_k =
+// Σ_{c in g} w_c d_kc s_kc for every k. Four normalizers at a time: their sums share the
+// loads of w and, being independent, do not wait on each other's adds. A block past K
+// repeats normalizer K - 1 and is dropped.
+template <typename T>
+EN_SEG_HOST_DEVICE void project_group(const Sizes& s, const T* centred, const T* rstds,
+                                      const T* conv_w, int64_t g, T* z) {
+  const int64_t begin = g * s.r;
+  const int64_t end = begin + s.r;
+  for (int k0 = 0; k0 < s.k; k0 += 4) {
+    const T* d[4];
+    const T* rstd[4];
+    for (int j = 0; j < 4; ++j) {
+      const int k = k0 + j < s.k ? k0 + j : s.k - 1;
+      d[j] = centred + k * s.c;
+      rstd[j] = rstds + k * s.c;
+    }
+    T sum0 = T(0), sum1 = T(0), sum2 = T(0), sum3 = T(0);
+    EN_SEG_SIMD_SUM(sum0, sum1, sum2, sum3)
+    for (int64_t c = begin; c < end; ++c) {
+      const T w = conv_w[c];
+      sum0 += w * (d[0][c] * rstd[0][c]);
+      sum1 += w * (d[1][c] * rstd[1][c]);
+      sum2 += w * (d[2][c] * rstd[2][c]);
+      sum3 += w * (d[3][c] * rstd[3][c]);
+    }
+    const T sums[4] = {sum0, sum1, sum2, sum3};
+    for (int j = 0; j < 4 && k0 + j < s.k; ++j) z[k0 + j] = sums[j];
+  }
+}
+
+// Step 4, group g's term: v += z_g z_gᵀ (K² entries, row-major).
 template <typename T>
 EN_SEG_HOST_DEVICE void accumulate_gram(int k, const T* z, T* v) {
   for (int a = 0; a < k; ++a) {
@@ -177,7 +206,7 @@ EN_SEG_HOST_DEVICE void accumulate_gram(int k, const T* z, T* v) {
   }
 }
 
-// Step 5 for hidden unit i: h_i = tanh(b1_i + Σ_q W1_iq v_q).
+// Step 5 for hidden unit i (the CUDA kernel's form): h_i = tanh(b1_i + Σ_q W1_iq v_q).
 template <typename T>
 EN_SEG_HOST_DEVICE T hidden_unit(const Sizes& s, const T* fc1_w, const T* fc1_b, const T* v,
                                  int64_t i) {
@@ -187,12 +216,11 @@ EN_SEG_HOST_DEVICE T hidden_unit(const Sizes& s, const T* fc1_w, const T* fc1_b,
   return tanh_of(u);
 }
 
-// Step 6 before the softmax, logit k: b2_k + Σ_i W2_ki h_i.
+// Step 6 before the softmax, logit k (the CUDA kernel's form): b2_k + Σ_i W2_ki h_i.
 template <typename T>
 EN_SEG_HOST_DEVICE T logit(const Sizes& s, const T* fc2_w, const T* fc2_b, const T* h, int k) {
   const T* w = fc2_w + k * s.hidden;
   T o = fc2_b[k];
-  EN_SEG_SIMD_SUM(o)
   for (int64_t i = 0; i < s.hidden; ++i) o += w[i] * h[i];
   return o;
 }
@@ -218,13 +246,14 @@ EN_SEG_HOST_DEVICE void softmax_backward(int k, const T* ratios, const T* grad, 
   for (int j = 0; j < k; ++j) go[j] = ratios[j] * (grad[j] - dot);
 }
 
-// Gradient of hidden unit i's pre-activation from that of its activation h_i: tanh' = 1 - h².
+// Gradient of a hidden unit's pre-activation from that of its activation h: tanh' = 1 - h².
 template <typename T>
 EN_SEG_HOST_DEVICE T tanh_backward(T grad_h, T h) {
   return grad_h * (T(1) - h * h);
 }
 
-// Gradient of hidden unit i's pre-activation: gu_i = (Σ_k W2_ki go_k)(1 - h_i²).
+// Gradient of hidden unit i's pre-activation (the CUDA kernel's form):
+// gu_i = (Σ_k W2_ki go_k)(1 - h_i²).
 template <typename T>
 EN_SEG_HOST_DEVICE T hidden_unit_backward(const Sizes& s, const T* fc2_w, const T* go, T h_i,
                                           int64_t i) {
@@ -233,8 +262,8 @@ EN_SEG_HOST_DEVICE T hidden_unit_backward(const Sizes& s, const T* fc2_w, const 
   return tanh_backward(gh, h_i);
 }
 
-// Entry (a, b) of S = Gv + Gvᵀ, Gv_ab = Σ_i W1_{i, aK+b} gu_i: the gradient of v = z zᵀ
-// with respect to z is then gz = S z.
+// Entry (a, b) of S = Gv + Gvᵀ (the CUDA kernel's form), Gv_ab = Σ_i W1_{i, aK+b} gu_i: the
+// gradient of v = zᵀ z with respect to group g's z_g is then S z_g.
 template <typename T>
 EN_SEG_HOST_DEVICE T symmetric_gram_backward(const Sizes& s, const T* fc1_w, const T* gu,
                                              int a, int b) {
@@ -242,22 +271,18 @@ EN_SEG_HOST_DEVICE T symmetric_gram_backward(const Sizes& s, const T* fc1_w, con
   const T* w_ab = fc1_w + a * s.k + b;
   const T* w_ba = fc1_w + b * s.k + a;
   T sum = T(0);
-  EN_SEG_SIMD_SUM(sum)
   for (int64_t i = 0; i < s.hidden; ++i) sum += (w_ab[i * kk] + w_ba[i * kk]) * gu[i];
   return sum;
 }
 
-// Steps 2-3 backward for group g of one sample: recomputes z (K·r multiply-adds, cheaper
-// than saving K·C/r values per sample), then writes the gradients of pooled, means and
-// rstds of the group's channels and the sample's term of their convolution weights'
-// gradient.
+// Steps 2-3 backward for group g of one sample (the CUDA kernel's form), from its z_g (K),
+// centred and rstds (K, C): writes the gradients of pooled, means and rstds of the group's
+// channels and the sample's term of their convolution weights' gradient.
 template <typename T>
-EN_SEG_HOST_DEVICE void project_group_backward(const Sizes& s, const Sample<T>& x,
-                                               const T* conv_w, const T* sym, int64_t g,
-                                               T* g_pooled, T* g_means, T* g_rstds,
-                                               T* g_conv_w) {
-  T z[kMaxNormalizers];
-  project_group(s, x, conv_w, g, z);
+EN_SEG_HOST_DEVICE void project_group_backward(const Sizes& s, const T* centred,
+                                               const T* rstds, const T* conv_w, const T* sym,
+                                               const T* z, int64_t g, T* g_pooled,
+                                               T* g_means, T* g_rstds, T* g_conv_w) {
   const int64_t begin = g * s.r;
   const int64_t end = begin + s.r;
   EN_SEG_SIMD
@@ -268,18 +293,17 @@ EN_SEG_HOST_DEVICE void project_group_backward(const Sizes& s, const Sample<T>& 
   for (int k = 0; k < s.k; ++k) {
     T gz = T(0);
     for (int b = 0; b < s.k; ++b) gz += sym[k * s.k + b] * z[b];
-    const T* mean = x.means + k * s.c;
-    const T* rstd = x.rstds + k * s.c;
+    const T* d = centred + k * s.c;
+    const T* rstd = rstds + k * s.c;
     T* g_mean = g_means + k * s.c;
     T* g_rstd = g_rstds + k * s.c;
     EN_SEG_SIMD
     for (int64_t c = begin; c < end; ++c) {
-      const T centred = x.pooled[c] - mean[c];
       const T g_xhat = gz * conv_w[c];
-      g_conv_w[c] += gz * (centred * rstd[c]);
+      g_conv_w[c] += gz * (d[c] * rstd[c]);
       g_pooled[c] += g_xhat * rstd[c];
       g_mean[c] = -g_xhat * rstd[c];
-      g_rstd[c] = g_xhat * centred;
+      g_rstd[c] = g_xhat * d[c];
     }
   }
 }

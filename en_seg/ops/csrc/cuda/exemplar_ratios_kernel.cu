@@ -1,9 +1,9 @@
 // CUDA kernels of the ratio branch: one thread block per sample runs ratio_math.h's steps,
 // its threads taking groups of channels, hidden units or K² entries in turn. The branch
 // reads a few K·C values per sample, so launches dominate its cost in PyTorch; here it is
-// one launch forward (which also saves every sample's v and h) and two backward (a
-// per-sample pass that reuses v and h, then the sum of per-sample parameter gradients in
-// sample order, which keeps gradients bit-identical from run to run). Float32 throughout.
+// one launch forward (which also saves what the backward needs, ratio::SavedLayout) and two
+// backward (a per-sample pass, then the sum of per-sample parameter gradients in sample
+// order, which keeps gradients bit-identical from run to run). Float32 throughout.
 #include <cuda_runtime.h>
 
 #include "exemplar_ratios_kernel.h"
@@ -15,7 +15,7 @@ namespace {
 using ratio::BackwardInputs;
 using ratio::Grads;
 using ratio::Inputs;
-using ratio::Sample;
+using ratio::SavedLayout;
 using ratio::Sizes;
 
 constexpr int kThreads = 256;
@@ -39,7 +39,7 @@ struct ParamLayout {
 
 // Shared-memory layout of one forward block (one sample), in floats.
 struct ForwardScratch {
-  float* v;       // (K²) v = z zᵀ
+  float* v;       // (K²) v = zᵀ z
   float* h;       // (P) hidden activations
   float* ratios;  // (K) logits, then λ
   float* warp_v;  // (kWarps, K²) per-warp partial sums of v
@@ -71,20 +71,27 @@ struct BackwardScratch {
   static size_t bytes(const Sizes& s) { return sizeof(float) * (s.k + s.hidden + s.k * s.k); }
 };
 
-// Steps 2-6 for sample n by the whole block: writes λ and the sample's activations (v, h).
+// Steps 2-6 for sample n by the whole block: writes λ and the sample's row of activations.
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(Sizes s, Inputs<float> in, float* ratios, float* activations) {
   extern __shared__ float shared[];
   const ForwardScratch scratch(shared, s);
+  const SavedLayout layout(s);
   const int tid = threadIdx.x;
   const int64_t n = blockIdx.x;
-  const Sample<float> x(in.pooled, in.means, in.rstds, s, n);
+  const float* pooled = in.pooled + n * s.c;
+  const float* means = in.means + n * s.k * s.c;
+  const float* rstds = in.rstds + n * s.k * s.c;
+  float* saved = activations + n * layout.total;
+  float* centred = saved + layout.centred;
   const int kk = s.k * s.k;
-  float z[ratio::kMaxNormalizers];
   float v[kMaxGram];
   for (int q = 0; q < kk; ++q) v[q] = 0.f;
   for (int64_t g = tid; g < s.groups(); g += kThreads) {
-    ratio::project_group(s, x, in.conv_w, g, z);
+    // This thread writes the group's d = p - μ and reads it back: no other thread's data.
+    ratio::center(s, pooled, means, g * s.r, (g + 1) * s.r, centred);
+    float* z = saved + layout.z + g * s.k;
+    ratio::project_group(s, centred, rstds, in.conv_w, g, z);
     ratio::accumulate_gram(s.k, z, v);
   }
   // Block sum of v in a fixed order (butterfly within each warp, then warps in turn),
@@ -99,18 +106,17 @@ __global__ void __launch_bounds__(kThreads)
     if (lane == 0) scratch.warp_v[warp * kk + q] = sum;
   }
   __syncthreads();
-  float* saved = activations + n * s.activations();
   if (tid < kk) {
     float sum = 0.f;
     for (int w = 0; w < kWarps; ++w) sum += scratch.warp_v[w * kk + tid];
     scratch.v[tid] = sum;
-    saved[tid] = sum;
+    saved[layout.gram + tid] = sum;
   }
   __syncthreads();
   for (int64_t i = tid; i < s.hidden; i += kThreads) {
     const float h = ratio::hidden_unit(s, in.fc1_w, in.fc1_b, scratch.v, i);
     scratch.h[i] = h;
-    saved[kk + i] = h;
+    saved[layout.hidden + i] = h;
   }
   __syncthreads();
   if (tid < s.k) {
@@ -119,7 +125,10 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (tid == 0) ratio::softmax(s.k, scratch.ratios);
   __syncthreads();
-  if (tid < s.k) ratios[n * s.k + tid] = scratch.ratios[tid];
+  if (tid < s.k) {
+    ratios[n * s.k + tid] = scratch.ratios[tid];
+    saved[layout.ratios + tid] = scratch.ratios[tid];
+  }
 }
 
 // Sample n's input gradients, and its row of partial parameter gradients in `partials`.
@@ -130,12 +139,14 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x;
   const int64_t n = blockIdx.x;
   const ParamLayout layout(s);
+  const SavedLayout saved_layout(s);
   const int kk = s.k * s.k;
-  const float* v = in.activations + n * s.activations();
-  const float* h = v + kk;
+  const float* saved = in.activations + n * saved_layout.total;
+  const float* v = saved + saved_layout.gram;
+  const float* h = saved + saved_layout.hidden;
   float* partial = partials + n * layout.total;
   if (tid == 0) {
-    ratio::softmax_backward(s.k, in.ratios + n * s.k, in.grad + n * s.k, scratch.go);
+    ratio::softmax_backward(s.k, saved + saved_layout.ratios, in.grad + n * s.k, scratch.go);
   }
   __syncthreads();
   for (int64_t i = tid; i < s.hidden; i += kThreads) {
@@ -154,9 +165,11 @@ __global__ void __launch_bounds__(kThreads)
         ratio::symmetric_gram_backward(s, in.fc1_w, scratch.gu, tid / s.k, tid % s.k);
   }
   __syncthreads();
-  const Sample<float> x(in.pooled, in.means, in.rstds, s, n);
+  const float* centred = saved + saved_layout.centred;
+  const float* rstds = in.rstds + n * s.k * s.c;
   for (int64_t g = tid; g < s.groups(); g += kThreads) {
-    ratio::project_group_backward(s, x, in.conv_w, scratch.sym, g, out.pooled + n * s.c,
+    ratio::project_group_backward(s, centred, rstds, in.conv_w, scratch.sym,
+                                  saved + saved_layout.z + g * s.k, g, out.pooled + n * s.c,
                                   out.means + n * s.k * s.c, out.rstds + n * s.k * s.c,
                                   partial + layout.conv_w);
   }

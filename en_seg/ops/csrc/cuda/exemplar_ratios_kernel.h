@@ -17,7 +17,8 @@ namespace cuda {
 // (forward) or their gradients (backward) in shared memory.
 constexpr int64_t kMaxHidden = 4096;
 
-// ratios (N, K) = λ and activations (N, K² + P) = every sample's v and h.
+// ratios (N, K) = λ and activations (N, ratio::SavedLayout::total), what the backward
+// needs of every sample.
 cudaError_t launch_exemplar_ratios_forward(const ratio::Sizes& sizes,
                                            const ratio::Inputs<float>& inputs, float* ratios,
                                            float* activations, cudaStream_t stream);
@@ -27,7 +28,7 @@ cudaError_t launch_exemplar_ratios_forward(const ratio::Sizes& sizes,
 int64_t exemplar_ratios_backward_workspace(const ratio::Sizes& sizes);
 
 // Writes every gradient of `grads` from inputs.grad (N, K) = dL/dλ and the forward's
-// outputs.
+// activations.
 cudaError_t launch_exemplar_ratios_backward(const ratio::Sizes& sizes,
                                             const ratio::BackwardInputs<float>& inputs,
                                             const ratio::Grads<float>& grads,
