@@ -47,6 +47,9 @@ def test_train_then_single_and_multi_scale_test(tmp_path, dataset):
     # The synthetic scenes hold six classes; a few validation images show most of them.
     assert len(per_class) >= 3
     assert re.search(r'Load checkpoint from .*iter_2\.pth', result.stdout + result.stderr)
+    for tag in ('ss', 'ms'):
+        assert len(list((work / 'predictions' / tag).glob('*.png'))) == 4
+        assert len(list((work / 'painted' / tag).rglob('*.png'))) == 4
 
     # A second run without --resume must not overwrite the first run's checkpoints.
     config = 'configs/exemplar_norm/deeplabv3_r50-d8_en_8xb2-80k_ade20k-512x512.py'

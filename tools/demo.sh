@@ -2,8 +2,9 @@
 # The main job on data, end to end with the real tools: write a small dataset in the real
 # ADE20K (or Cityscapes) layout, train the paper's EN DeepLabV3 R50-D8 config scaled down
 # by --cfg-options (small crops, few iterations, no pretrained download), then evaluate
-# the checkpoint single-scale and multi-scale + flip in one table, and draw the ratios the
-# EN layers chose for every validation image (en_seg/analysis).
+# the checkpoint single-scale and multi-scale + flip in one table (predicted label maps in
+# predictions/, painted ones in painted/), and draw the ratios the EN layers chose for
+# every validation image (en_seg/analysis).
 #
 # Settings (environment): DATASET=ade20k|cityscapes, ITERS (default 40), PROCS (1, or
 # more for a distributed run through tools/dist_train.sh), ROOT (default .: the data goes
@@ -60,7 +61,7 @@ fi
 
 echo "== 3/4 evaluating $work/iter_$ITERS.pth single-scale and multi-scale + flip"
 "$PYTHON" tools/test.py "$config" "$work/iter_$ITERS.pth" --ss-ms --work-dir "$work/test" \
-  --cfg-options "${common[@]}"
+  --out "$work/predictions" --show-dir "$work/painted" --cfg-options "${common[@]}"
 
 echo "== 4/4 reading the ratios the EN layers learned (figures in $work/ratios)"
 "$PYTHON" tools/analyze_ratios.py collect "$config" "$work/iter_$ITERS.pth" --split test \

@@ -62,6 +62,9 @@ def enable_visualization(cfg: Config, show_dir: str) -> None:
 
 def evaluate(cfg: Config, args: argparse.Namespace, tta: bool, tag: str) -> Dict[str, float]:
     cfg = copy.deepcopy(cfg)
+    # An evaluation needs nothing of training; left in, the training data would still be
+    # read (mmseg's visualization hook asks the runner for its iteration count).
+    cfg.train_dataloader = cfg.train_cfg = cfg.optim_wrapper = cfg.param_scheduler = None
     if tta:
         enable_tta(cfg)
     if args.show_dir is not None:
@@ -72,6 +75,9 @@ def evaluate(cfg: Config, args: argparse.Namespace, tta: bool, tag: str) -> Dict
         cfg.test_evaluator['keep_results'] = True
     if args.ss_ms:
         cfg.work_dir = osp.join(cfg.work_dir, tag)
+        # mmengine keeps one visualizer per name for the whole process: a second runner
+        # would reuse the first one's and paint over its files.
+        cfg.visualizer['name'] = f'{tag}_visualizer'
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     with mmengine_checkpoint_globals():
         return runner.test()
