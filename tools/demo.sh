@@ -47,7 +47,7 @@ common=(
 train_only=(
   train_cfg.max_iters="$ITERS" val_cfg=None val_dataloader=None val_evaluator=None
   default_hooks.checkpoint.interval="$ITERS" default_hooks.logger.interval=5
-  optim_wrapper.optimizer.lr=0.01
+  optim_wrapper.optimizer.lr=0.01 randomness.seed=0
 )
 
 echo "== 2/4 training EN DeepLabV3 R50-D8 for $ITERS iterations on $PROCS process(es)"
