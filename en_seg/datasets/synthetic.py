@@ -4,9 +4,8 @@ Each image is a textured background with a few filled rectangles and discs; ever
 its own colour, so a model can learn something in a few iterations on a CPU. Used by
 ``make demo`` and the integration tests: our machines have no internet and no real data.
 """
-import os.path as osp
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Iterable, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -38,6 +37,19 @@ def _check(num_train: int, num_val: int, size: Tuple[int, int]) -> None:
         raise ValueError(f'size={tuple(size)} is too small: use at least 32 pixels a side')
 
 
+def _write_split(rng: np.random.Generator, palette: np.ndarray, size: Tuple[int, int],
+                 classes: Sequence[int], border: int,
+                 pairs: Iterable[Tuple[Path, Path]]) -> None:
+    """Write one scene per (image path, label path), the label map framed by ``border``."""
+    for image_path, label_path in pairs:
+        image, label = _scene(rng, size, classes, palette)
+        label[:2], label[-2:], label[:, :2], label[:, -2:] = border, border, border, border
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(image_path), image)
+        cv2.imwrite(str(label_path), label)
+
+
 def write_ade20k_layout(root: str, num_train: int = 8, num_val: int = 4,
                         size: Tuple[int, int] = (96, 128), seed: int = 0) -> str:
     """Write ``root/images/{training,validation}/*.jpg`` and ``root/annotations/...png``.
@@ -61,16 +73,10 @@ def write_ade20k_layout(root: str, num_train: int = 8, num_val: int = 4,
     rng = np.random.default_rng(seed)
     palette = rng.integers(0, 256, (151, 3))
     for split, count in (('training', num_train), ('validation', num_val)):
-        image_dir = Path(root, 'images', split)
-        label_dir = Path(root, 'annotations', split)
-        image_dir.mkdir(parents=True, exist_ok=True)
-        label_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            image, label = _scene(rng, size, classes=range(1, 7), palette=palette)
-            label[:2], label[-2:], label[:, :2], label[:, -2:] = 0, 0, 0, 0
-            name = f'ADE_{split[:5]}_{i:08d}'
-            cv2.imwrite(str(image_dir / f'{name}.jpg'), image)
-            cv2.imwrite(str(label_dir / f'{name}.png'), label)
+        names = [f'ADE_{split[:5]}_{i:08d}' for i in range(count)]
+        _write_split(rng, palette, size, range(1, 7), 0,
+                     [(Path(root, 'images', split, f'{name}.jpg'),
+                       Path(root, 'annotations', split, f'{name}.png')) for name in names])
     return root
 
 
@@ -91,14 +97,9 @@ def write_cityscapes_layout(root: str, num_train: int = 8, num_val: int = 4,
     rng = np.random.default_rng(seed)
     palette = rng.integers(0, 256, (256, 3))
     for split, count, city in (('train', num_train, 'aachen'), ('val', num_val, 'lindau')):
-        image_dir = Path(root, 'leftImg8bit', split, city)
-        label_dir = Path(root, 'gtFine', split, city)
-        image_dir.mkdir(parents=True, exist_ok=True)
-        label_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            image, label = _scene(rng, size, classes=range(0, 6), palette=palette)
-            label[:2], label[-2:], label[:, :2], label[:, -2:] = 255, 255, 255, 255
-            stem = f'{city}_{i:06d}_000019'
-            cv2.imwrite(osp.join(image_dir, f'{stem}_leftImg8bit.png'), image)
-            cv2.imwrite(osp.join(label_dir, f'{stem}_gtFine_labelTrainIds.png'), label)
+        stems = [f'{city}_{i:06d}_000019' for i in range(count)]
+        _write_split(rng, palette, size, range(0, 6), 255,
+                     [(Path(root, 'leftImg8bit', split, city, f'{stem}_leftImg8bit.png'),
+                       Path(root, 'gtFine', split, city, f'{stem}_gtFine_labelTrainIds.png'))
+                      for stem in stems])
     return root
