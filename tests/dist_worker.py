@@ -30,7 +30,12 @@ def main() -> None:
     if rank == 0:
         assert not torch.allclose(stats[0], stats[1]), 'running statistics were synchronised'
         torch.testing.assert_close(grads[0], grads[1])
-        print('per-process statistics, averaged gradients: OK')
+        print('per-process statistics, averaged gradients: OK', flush=True)
+    # Tear down in order: DDP's reducer first, while the process group still has another
+    # owner. Freed last at exit, the reducer would destroy the gloo group with the GIL held
+    # and wait on a gloo thread that needs the GIL (a deadlock seen here).
+    dist.barrier()
+    del wrapped
     dist.destroy_process_group()
 
 
