@@ -1,64 +1,269 @@
-"""Load mmengine checkpoints on torch >= 2.6 with ``weights_only`` kept on.
+"""Weights-only loading of mmengine checkpoints: loading a file never runs its code.
 
-torch 2.6 made ``torch.load(weights_only=True)`` the default. mmengine 0.10.7 writes the
-run's ``message_hub`` (``HistoryBuffer`` objects holding numpy arrays) into every
-checkpoint and loads with a plain ``torch.load``, which then refuses the file. Instead of
-switching the protection off, we allow-list exactly the globals those checkpoints hold,
-only while a load runs.
+Beside tensors, mmengine's Runner pickles its ``message_hub`` into every checkpoint:
+``HistoryBuffer`` objects holding numpy arrays, whose state names the buffer's statistics
+methods as ``getattr(HistoryBuffer, 'min')`` and so on, and numpy scalars in ``meta``.
+torch's weights-only unpickler (the default of ``torch.load`` since torch 2.6) refuses
+those globals. Allow-listing them as they are is not safe: ``builtins.getattr`` reaches
+any attribute (``HistoryBuffer.__init__.__globals__['__builtins__']``), and torch's own
+allow-listed ``_rebuild_from_type_v2`` calls whatever callable it is handed, so a crafted
+file reaches ``exec``.
+
+Design: every global such a checkpoint names is mapped, through
+``torch.serialization.add_safe_globals`` with ``(stand-in, 'module.name')`` pairs, to a
+stand-in that rebuilds exactly what mmengine writes and raises ``UnpicklingError`` for
+anything else:
+
+==============================================  =========================================
+name in the file                                what the stand-in accepts
+==============================================  =========================================
+``builtins.getattr``                            ``HistoryBuffer`` and the name of one of
+                                                its statistics methods; returns only that
+                                                method
+``mmengine.logging.history_buffer.HistoryBuffer``  a buffer rebuilt from its state (never
+                                                called), holding only the attributes
+                                                mmengine writes: numeric arrays, an int
+                                                and its own statistics methods; it is a
+                                                plain ``HistoryBuffer`` afterwards
+``numpy.dtype``                                 bool, integer, float and complex dtypes:
+                                                no object, string, void or structured one
+``numpy._core.multiarray._reconstruct``         a plain ``ndarray`` (numpy 2 and 1 names)
+``numpy._core.multiarray.scalar``               scalars of those numeric dtypes
+``numpy.ndarray``                               nothing but the argument of
+                                                ``_reconstruct``: it cannot be called
+==============================================  =========================================
+
+So a file can reach no callable beyond torch's own weights-only set, these stand-ins and
+HistoryBuffer's statistics methods, and it can create no numpy object array. The
+allow-list is registered process-wide by ``import en_seg`` (configs import it through
+``custom_imports``), so mmseg's ``init_model``, ``MMSegInferencer`` and its packaged tools
+load our checkpoints with weights-only loading on.
+
+``import en_seg`` also registers :func:`load_from_local` as mmengine's loader for local
+paths (``CheckpointLoader`` scheme ``''``): it loads with ``weights_only=True`` whatever
+the torch version or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` say, and turns an unreadable or
+refused file into one :class:`CheckpointError` that names the file and the reason.
 """
-import contextlib
-from typing import Iterator, Optional, Union
+import os.path as osp
+import pickle
+import zipfile
+from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.runner import load_checkpoint as _mmengine_load_checkpoint
-from torch import nn
+from mmengine.runner import CheckpointLoader
 
 try:  # numpy >= 2 moved its pickling helpers to numpy._core
     from numpy._core.multiarray import _reconstruct, scalar
 except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct, scalar
 
-#: The globals an mmengine checkpoint pickles beside tensors. ``getattr`` is needed
-#: because HistoryBuffer pickles its statistics methods as getattr(HistoryBuffer, name);
-#: the weights-only unpickler still calls nothing but allow-listed callables, so it can
-#: only read attributes with it.
-MMENGINE_CHECKPOINT_GLOBALS = [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar,
-                               getattr] + [type(np.dtype(t)) for t in
-                                           (np.float64, np.float32, np.int64, np.int32)]
+#: The attributes ``HistoryBuffer.__getstate__`` writes.
+_HISTORY_BUFFER_STATE = frozenset(
+    {'max_length', '_log_history', '_count_history', 'statistics_methods'})
+#: numpy's dtype kinds of bool, signed and unsigned integers, floats and complex numbers.
+_NUMERIC_KINDS = frozenset('biufc')
 
 
-@contextlib.contextmanager
-def mmengine_checkpoint_globals() -> Iterator[None]:
-    """Within the block, ``torch.load`` accepts checkpoints written by mmengine's Runner.
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or that holds something refused.
 
-    On torch < 2.6, where weights-only loading is not the default, this changes nothing.
+    The message names the file and the reason; nothing in the file has been executed.
     """
-    if not hasattr(torch.serialization, 'safe_globals'):
-        yield
-        return
-    with torch.serialization.safe_globals(MMENGINE_CHECKPOINT_GLOBALS):
-        yield
 
 
-def load_checkpoint(model: nn.Module, filename: str,
-                    map_location: Optional[Union[str, torch.device]] = 'cpu',
-                    strict: bool = False) -> dict:
-    """``mmengine.runner.load_checkpoint`` under :func:`mmengine_checkpoint_globals`.
+def _refuse(reason: str) -> pickle.UnpicklingError:
+    return pickle.UnpicklingError(reason)
+
+
+def _statistics_methods() -> Dict[str, Callable]:
+    """HistoryBuffer's statistics methods by name: the four it sets up when its first
+    instance is made, and those registered with ``HistoryBuffer.register_statistics``."""
+    methods = {name: getattr(HistoryBuffer, name) for name in ('min', 'max', 'current', 'mean')}
+    methods.update(HistoryBuffer._statistics_methods)
+    return methods
+
+
+def _history_buffer_method(owner: Any, name: Any) -> Callable:
+    """Stands in for ``builtins.getattr``: only ``getattr(HistoryBuffer, statistic)``."""
+    methods = _statistics_methods()
+    if (owner is not HistoryBuffer and owner is not _CheckedHistoryBuffer
+            or type(name) is not str or name not in methods):
+        shown = 'HistoryBuffer' if owner is _CheckedHistoryBuffer else repr(owner)
+        raise _refuse(f'getattr({shown}, {name!r}): only the statistics methods of '
+                      f'HistoryBuffer ({", ".join(sorted(methods))}) may be read')
+    return methods[name]
+
+
+def _check_numeric_dtype(dtype: Any, what: str) -> None:
+    if not (isinstance(dtype, np.dtype) and dtype.kind in _NUMERIC_KINDS
+            and dtype.fields is None and dtype.subdtype is None):
+        raise _refuse(f'{what} of dtype {dtype}: only bool, integer, float and complex '
+                      'numpy data may be loaded')
+
+
+def _numeric_dtype(*args: Any) -> np.dtype:
+    """Stands in for ``numpy.dtype``."""
+    dtype = np.dtype(*args)
+    _check_numeric_dtype(dtype, 'numpy data')
+    return dtype
+
+
+def _numeric_scalar(dtype: Any, *data: Any) -> Any:
+    """Stands in for numpy's ``multiarray.scalar``, which returns ``data`` itself for an
+    object dtype."""
+    _check_numeric_dtype(dtype, 'a numpy scalar')
+    return scalar(dtype, *data)
+
+
+class _ArrayMarker:
+    """What the name ``numpy.ndarray`` means in a file: a token for ``_reconstruct``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise _refuse('numpy.ndarray(...) called by the file: arrays are only rebuilt '
+                      'from their pickled state')
+
+    def __repr__(self) -> str:
+        return 'numpy.ndarray'
+
+
+_NDARRAY = _ArrayMarker()
+
+
+def _reconstruct_array(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """Stands in for numpy's ``multiarray._reconstruct``: a plain ndarray, whose state
+    (and its dtype, made by :func:`_numeric_dtype`) the unpickler then sets."""
+    if subtype is not _NDARRAY:
+        raise _refuse(f'an array of type {subtype!r}: only numpy.ndarray may be loaded')
+    return _reconstruct(np.ndarray, shape, typecode)
+
+
+class _CheckedHistoryBuffer(HistoryBuffer):
+    """Stands in for ``HistoryBuffer`` while a file is unpickled.
+
+    The unpickler makes the object with ``__new__`` and then sets its state; this checks
+    that state and turns the object into a plain ``HistoryBuffer``, so a loaded and saved
+    again checkpoint names mmengine's class, not this one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # A file may only rebuild a buffer from its state: HistoryBuffer(...) would make
+        # arrays of whatever objects it were handed.
+        raise _refuse('HistoryBuffer(...) called by the file: a buffer is only rebuilt '
+                      'from its pickled state')
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict) or not set(state) <= _HISTORY_BUFFER_STATE:
+            raise _refuse('a HistoryBuffer state other than the one mmengine writes '
+                          f'({", ".join(sorted(_HISTORY_BUFFER_STATE))})')
+        for key in ('_log_history', '_count_history'):
+            if key in state:
+                if type(state[key]) is not np.ndarray:
+                    raise _refuse(f'HistoryBuffer.{key} of type {type(state[key])!r}')
+                _check_numeric_dtype(state[key].dtype, f'HistoryBuffer.{key}')
+        if type(state.get('max_length', 0)) is not int:
+            raise _refuse('HistoryBuffer.max_length that is not an int')
+        methods = _statistics_methods()
+        pickled = state.get('statistics_methods', {})
+        if type(pickled) is not dict or any(
+                type(name) is not str or methods.get(name) is not method
+                for name, method in pickled.items()):
+            raise _refuse('HistoryBuffer statistics methods other than its own')
+        HistoryBuffer.__setstate__(self, state)
+        self.__class__ = HistoryBuffer
+
+
+def _build_only(cls: type) -> tuple:
+    # A GLOBAL opcode reads its module and name up to a line break, so no file can name a
+    # key that holds one: the type may be rebuilt (BUILD checks it), never called.
+    return cls, f'en_seg.checkpoint: rebuilt only\n{cls.__module__}.{cls.__qualname__}'
+
+
+def _safe_globals() -> list:
+    pairs = [(_history_buffer_method, 'builtins.getattr'),
+             (_CheckedHistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
+             (_numeric_dtype, 'numpy.dtype'),
+             (_NDARRAY, 'numpy.ndarray'),
+             _build_only(np.ndarray)]
+    for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
+        pairs += [(_reconstruct_array, f'{module}._reconstruct'),
+                  (_numeric_scalar, f'{module}.scalar')]
+    numeric_dtypes = {type(np.dtype(code)) for code in np.typecodes['All']
+                      if np.dtype(code).kind in _NUMERIC_KINDS}
+    pairs += [_build_only(cls) for cls in sorted(numeric_dtypes, key=str)]
+    return pairs
+
+
+def _refusal(error: pickle.UnpicklingError) -> str:
+    """The unpickler's own words, without torch's advice to load with weights_only=False
+    or to allow-list what was refused."""
+    if error.__context__ is not None:  # torch re-raises the unpickler's error `from None`
+        error = error.__context__
+    message = str(error).split(' Please use `torch.serialization.add_safe_globals')[0]
+    return message.strip().rstrip('.')
+
+
+def _read_error(filename: str) -> Optional[str]:
+    """Why the file cannot be a checkpoint, judged from its first bytes; None if it may be.
+
+    torch.save writes a zip archive; torch < 1.6 wrote a bare pickle (protocol 2).
+    """
+    with open(filename, 'rb') as file:
+        head = file.read(4)
+    if not head:
+        return 'the file is empty'
+    if head == b'PK\x03\x04':
+        return None if zipfile.is_zipfile(filename) else (
+            'the zip archive is truncated or corrupted (no central directory)')
+    if head[:1] == b'\x80':
+        return None
+    return 'it is not a file written by torch.save (neither a zip archive nor a pickle)'
+
+
+def load_from_local(filename: str,
+                    map_location: Optional[Union[str, torch.device, Callable]] = None) -> Any:
+    """Load a local checkpoint with ``torch.load(weights_only=True)``.
+
+    Registered as mmengine's ``CheckpointLoader`` scheme for local paths, so the Runner
+    (``load_from``, ``resume``), ``mmengine.runner.load_checkpoint`` and everything built
+    on them use it.
 
     Args:
-        model: the module to load into (a BatchNorm checkpoint loads into EN layers).
-        filename: local path or any URI mmengine understands.
-        map_location: as ``torch.load``. Default: 'cpu'.
-        strict: whether every key must match. Default: False (mmengine's default).
+        filename: path of the file; ``~`` is expanded.
+        map_location: as ``torch.load``. Default: None (where the tensors were saved).
 
     Returns:
-        The loaded checkpoint dict.
+        What the file holds: for mmengine's checkpoints a dict with ``meta``,
+        ``state_dict`` and, after training, ``message_hub``, ``optimizer`` and
+        ``param_schedulers``.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: no such file.
+        CheckpointError: the file is empty, truncated or corrupted, is not a PyTorch
+            checkpoint, or holds an object that weights-only loading refuses.
     """
-    with mmengine_checkpoint_globals():
-        return _mmengine_load_checkpoint(model, filename, map_location=map_location,
-                                         strict=strict)
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint {filename} does not exist')
+    problem = _read_error(filename)
+    if problem is None:
+        try:
+            return torch.load(filename, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(
+                f'checkpoint {filename} was refused, and nothing in it was run: '
+                f'{_refusal(error)}. Weights-only loading accepts tensors, containers and '
+                "what mmengine's Runner saves (see en_seg.checkpoint)") from None
+        except (OSError, MemoryError):
+            raise
+        except Exception as error:  # torch's zip reader: RuntimeError, EOFError, ...
+            problem = (f'{type(error).__name__}: {str(error).split(". ")[0]}. It is '
+                       'truncated or corrupted, or was not written by torch.save')
+    raise CheckpointError(f'checkpoint {filename} cannot be read: {problem}')
+
+
+def register() -> None:
+    """Register the allow-list and :func:`load_from_local`; ``import en_seg`` calls it."""
+    torch.serialization.add_safe_globals(_safe_globals())
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)

@@ -7,10 +7,10 @@ import torch
 from mmcv.cnn import build_norm_layer
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
+from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
-from en_seg.checkpoint import load_checkpoint
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

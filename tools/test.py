@@ -5,8 +5,8 @@ Same flags as mmsegmentation's ``tools/test.py`` plus ``--ss-ms``. Example::
     python tools/test.py CONFIG work_dirs/run/iter_80000.pth --ss-ms
     bash tools/dist_test.sh CONFIG CHECKPOINT 8 --tta
 
-Checkpoints written by ``tools/train.py`` load on torch >= 2.6 with ``weights_only``
-kept on: only the classes mmengine stores are allow-listed (en_seg.checkpoint).
+Checkpoints load weights-only: a file that holds anything but tensors and what mmengine's
+Runner saves is refused with one message, and nothing in it runs (en_seg.checkpoint).
 """
 import argparse
 import copy
@@ -18,7 +18,7 @@ from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from en_seg.checkpoint import mmengine_checkpoint_globals
+from en_seg.checkpoint import CheckpointError
 from en_seg.engine import add_run_arguments, load_run_config, prepare_launch
 from en_seg.evaluation import format_metrics_table
 
@@ -79,8 +79,10 @@ def evaluate(cfg: Config, args: argparse.Namespace, tta: bool, tag: str) -> Dict
         # would reuse the first one's and paint over its files.
         cfg.visualizer['name'] = f'{tag}_visualizer'
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    with mmengine_checkpoint_globals():
+    try:
         return runner.test()
+    except CheckpointError as error:
+        raise SystemExit(str(error)) from None
 
 
 def main() -> None:

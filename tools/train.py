@@ -12,7 +12,7 @@ import os.path as osp
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from en_seg.checkpoint import mmengine_checkpoint_globals
+from en_seg.checkpoint import CheckpointError
 from en_seg.engine import add_run_arguments, load_run_config, prepare_launch
 
 
@@ -52,8 +52,10 @@ def main() -> None:
     prepare_launch(cfg)
     # A config may name its own runner, as in mmsegmentation's tools.
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    with mmengine_checkpoint_globals():
+    try:
         runner.train()
+    except CheckpointError as error:  # from load_from or --resume
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == '__main__':

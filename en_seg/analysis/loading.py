@@ -4,12 +4,10 @@ import os.path as osp
 from typing import Optional
 
 from mmengine.config import Config
-from mmengine.runner import Runner
+from mmengine.runner import Runner, load_checkpoint
 from mmseg.apis import init_model
 from torch import nn
 from torch.utils.data import DataLoader
-
-from ..checkpoint import load_checkpoint
 
 #: Splits whose dataloader the analysis reads: ``<split>_dataloader`` in the config.
 SPLITS = ('val', 'test')
@@ -21,8 +19,7 @@ def init_segmentor(config: str, checkpoint: str, device: str = 'cpu',
 
     The model is built by ``mmseg.apis.init_model`` (no pretrained backbone weights),
     then the checkpoint (mmengine format, weights under ``state_dict``) is loaded
-    strictly by :func:`en_seg.checkpoint.load_checkpoint`, which keeps ``torch.load``'s
-    ``weights_only`` on and allow-lists the classes mmengine stores.
+    strictly, weights-only (:mod:`en_seg.checkpoint`).
 
     Args:
         config: path of the config file.
@@ -35,6 +32,7 @@ def init_segmentor(config: str, checkpoint: str, device: str = 'cpu',
 
     Raises:
         FileNotFoundError: for a missing config or checkpoint.
+        en_seg.checkpoint.CheckpointError: the checkpoint is unreadable or refused.
         ValueError: if the checkpoint has no EN layer (no ``*.ratio_fc2.weight``), e.g. a
             BatchNorm one: the EN layers would keep their initial, uniform ratios.
         RuntimeError: if the checkpoint's weights do not match the config's model.
