@@ -1,18 +1,30 @@
 """en-seg: Exemplar Normalization as a plug-in for OpenMMLab's mmsegmentation.
 
-``import en_seg`` (or ``custom_imports = dict(imports=['en_seg'])`` in a config)
-registers the ``EN`` and ``SN`` normalization layers, the ``PerClassIoUMetric`` used by
-``tools/test.py``, the ``ENRatioLoggerHook``, and the weights-only loading of mmengine
-checkpoints (:mod:`en_seg.checkpoint`).
+The layers (:mod:`en_seg.models`) and the compiled ops with their autograd
+(:mod:`en_seg.ops`) need only torch. ``import en_seg`` (or ``custom_imports =
+dict(imports=['en_seg'])`` in a config) registers into the OpenMMLab libraries that are
+installed:
+
+- with mmengine: the ``EN`` and ``SN`` norm layers (:mod:`en_seg.registry`), the
+  ``ENRatioLoggerHook``, and the weights-only loading of mmengine checkpoints
+  (:mod:`en_seg.checkpoint`);
+- with mmsegmentation: the ``PerClassIoUMetric`` used by ``tools/test.py``.
+
+A library that is installed but fails to import raises as usual.
 """
-from . import checkpoint
-from .analysis.hook import ENRatioLoggerHook
-from .evaluation import PerClassIoUMetric
+from importlib.util import find_spec
+
 from .models import ExemplarNorm2d, SwitchableNorm2d
 
-checkpoint.register()
-
 __version__ = '0.1.0'
+__all__ = ['ExemplarNorm2d', 'SwitchableNorm2d', '__version__']
 
-__all__ = ['ENRatioLoggerHook', 'ExemplarNorm2d', 'PerClassIoUMetric', 'SwitchableNorm2d',
-           '__version__']
+if find_spec('mmengine') is not None:
+    from . import checkpoint, registry  # noqa: F401  (registration on import)
+    from .analysis.hook import ENRatioLoggerHook
+    checkpoint.register()
+    __all__ += ['ENRatioLoggerHook']
+
+if find_spec('mmseg') is not None:
+    from .evaluation import PerClassIoUMetric
+    __all__ += ['PerClassIoUMetric']
