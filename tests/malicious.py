@@ -105,6 +105,8 @@ def write_corpus(directory: Path) -> Dict[str, Path]:
         'rebuild_with_statistics_method': lambda n: Call(
             _rebuild_from_type_v2, Call(getattr, HistoryBuffer, 'mean'), torch.Tensor,
             (touch_code(n),), {}),
+        'rebuild_with_eval': lambda n: Call(
+            _rebuild_from_type_v2, eval, torch.Tensor, (touch_code(n),), {}),
         'rebuild_with_history_buffer': lambda n: Call(
             _rebuild_from_type_v2, HistoryBuffer, torch.Tensor, ([touch_code(n)], [1]), {}),
         'reduce_os_system': lambda n: {

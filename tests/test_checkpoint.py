@@ -4,6 +4,7 @@ The crafted files are written by ``tests/malicious.py``; each would create a mar
 if any of its code ran. ``test_the_exec_chain_is_live`` shows that the worst of them does
 run code when ``getattr`` is allow-listed as it is, so the refusals below are real.
 """
+import argparse
 import os.path as osp
 import pickle
 import shutil
@@ -15,11 +16,12 @@ import mmseg
 import pytest
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.runner import load_checkpoint
+from mmengine.runner import Runner, load_checkpoint
 from mmseg.apis import MMSegInferencer, inference_model, init_model
 
 from en_seg.checkpoint import CheckpointError
 from en_seg.datasets import write_ade20k_layout
+from en_seg.engine import add_run_arguments, load_run_config
 from malicious import marker_of, write_corpus
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -81,6 +83,18 @@ def model():
     return init_model(CONFIG, checkpoint=None, device='cpu')
 
 
+@pytest.fixture(scope='module')
+def runner(tmp_path_factory, data_root):
+    """A Runner configured as our tools configure it: its ``load_checkpoint`` serves
+    ``load_from`` and the test tools, its ``resume`` serves ``--resume``."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('config')
+    add_run_arguments(parser)
+    args = parser.parse_args([CONFIG, '--work-dir', str(tmp_path_factory.mktemp('runner')),
+                              '--cfg-options', *small_run(data_root)])
+    return Runner.from_cfg(load_run_config(args))
+
+
 def assert_refused(error, path):
     message = str(error)
     assert str(path) in message and 'weights_only=False' not in message, message
@@ -101,13 +115,15 @@ def test_the_exec_chain_is_live(corpus):
 
 @pytest.mark.parametrize('name', [
     'getattr_chain_exec', 'getattr_globals', 'getattr_builtins', 'getattr_dunder_class',
-    'rebuild_with_statistics_method', 'rebuild_with_history_buffer', 'reduce_os_system',
+    'rebuild_with_statistics_method', 'rebuild_with_eval', 'rebuild_with_history_buffer',
+    'reduce_os_system',
     'reduce_subprocess_popen', 'reduce_builtins_exec', 'numpy_object_array',
     'numpy_ndarray_call', 'history_buffer_call', 'history_buffer_foreign_statistic',
     'history_buffer_extra_attribute', 'history_buffer_object_history', 'global_os_system',
     'global_posix_system', 'global_builtins_eval', 'global_builtins_exec',
     'global_subprocess_popen'])
-def test_crafted_checkpoint_is_refused_by_every_python_entry_point(corpus, model, name):
+def test_crafted_checkpoint_is_refused_by_every_python_entry_point(corpus, model, runner,
+                                                                   name):
     path = corpus[name]
     statistics = dict(HistoryBuffer._statistics_methods)
     # torch's default is weights-only; a statistics method handed to a foreign object
@@ -116,6 +132,8 @@ def test_crafted_checkpoint_is_refused_by_every_python_entry_point(corpus, model
         torch.load(path)
     assert not marker_of(path).exists()
     for load in (lambda: load_checkpoint(model, str(path)),
+                 lambda: runner.load_checkpoint(str(path)),
+                 lambda: runner.resume(str(path)),
                  lambda: init_model(CONFIG, str(path), device='cpu'),
                  lambda: MMSegInferencer(model=CONFIG, weights=str(path), device='cpu')):
         with pytest.raises(CheckpointError) as error:
