@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -71,3 +72,13 @@ def test_two_process_gloo_training_keeps_per_process_statistics(tmp_path):
     log = result.stdout + result.stderr
     # mmengine's runtime summary; "GPU number" is its name for the world size.
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
+
+
+def test_amp_without_a_gpu_is_refused_with_a_clear_message(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU, where --amp trains')
+    config = 'configs/exemplar_norm/deeplabv3_r50-d8_en_8xb2-80k_ade20k-512x512.py'
+    result = run([sys.executable, 'tools/train.py', config, '--amp', '--work-dir',
+                  str(tmp_path)], check=False)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith('--amp needs a GPU')

@@ -9,6 +9,7 @@ import argparse
 import os
 import os.path as osp
 
+import torch
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -43,6 +44,9 @@ def main() -> None:
     cfg = load_run_config(args)
     check_work_dir(cfg.work_dir, args.resume)
     if args.amp:
+        if not torch.cuda.is_available():
+            raise SystemExit("--amp needs a GPU: mmengine's AmpOptimWrapper trains on CUDA "
+                             '(or NPU, MLU, MUSA) devices only; train without --amp here')
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
             print('The config already trains with AmpOptimWrapper; --amp changes nothing.')
         else:
