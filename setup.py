@@ -4,15 +4,58 @@
 Builds the extension ``en_seg.ops._C`` (the compiled ops, en_seg/ops/csrc): its C++ CPU
 kernels always, its CUDA kernels (en_seg/ops/csrc/cuda) when torch was built with CUDA
 and ``nvcc`` is found, or when ``FORCE_CUDA=1``. ``TORCH_CUDA_ARCH_LIST`` (e.g.
-``"8.0 9.0"``) selects the GPU architectures, as for any torch extension.
+``"8.0 9.0"``) selects the GPU architectures, as for any torch extension; without it
+torch builds for the visible GPUs, and on a machine without one this file sets
+:data:`DEFAULT_CUDA_ARCHS`. The CUDA toolkit is ``CUDA_HOME`` (or ``CUDA_PATH``) when set,
+else the one the ``nvcc`` on the PATH reports, so that a wrapper script named nvcc works.
 """
 import glob
 import os
+import re
+import shutil
+import subprocess
 import sys
 
 import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+#: GPU architectures of a CUDA build without TORCH_CUDA_ARCH_LIST and without a visible
+#: GPU: binaries for A100 (sm_80) and H100 / H200 (sm_90), and PTX that newer GPUs compile.
+DEFAULT_CUDA_ARCHS = '8.0 9.0+PTX'
+
+
+def _toolkit_of_nvcc():
+    """The CUDA toolkit directory of the ``nvcc`` on the PATH, or None without one.
+
+    torch guesses it as nvcc's parent directory, which is wrong when nvcc is a wrapper
+    script (e.g. /usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc). nvcc itself
+    prints its toolkit as ``#$ TOP=...`` in a dry run, which compiles nothing.
+    """
+    nvcc = shutil.which('nvcc')
+    if nvcc is None:
+        return None
+    dry_run = subprocess.run([nvcc, '--dryrun', '-c', 'probe.cu'],
+                             capture_output=True, text=True)
+    top = re.search(r'^#\$ TOP=(.*)$', dry_run.stderr + dry_run.stdout, re.MULTILINE)
+    return os.path.realpath(top.group(1).strip()) if top else None
+
+
+def _configure_cuda():
+    """Point torch's extension build at the toolkit and the architectures (environment
+    variables it reads when torch.utils.cpp_extension is imported and when it compiles)."""
+    if not (os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH')):
+        toolkit = _toolkit_of_nvcc()
+        if toolkit:
+            os.environ['CUDA_HOME'] = toolkit
+    # Without a GPU torch would take the architectures of none (an IndexError).
+    if not os.environ.get('TORCH_CUDA_ARCH_LIST') and torch.cuda.device_count() == 0:
+        os.environ['TORCH_CUDA_ARCH_LIST'] = DEFAULT_CUDA_ARCHS
+
+
+if torch.version.cuda is not None:
+    _configure_cuda()
+from torch.utils.cpp_extension import (  # noqa: E402  (reads CUDA_HOME when imported)
+    CUDA_HOME, BuildExtension, CppExtension, CUDAExtension)
 
 CSRC = os.path.join('en_seg', 'ops', 'csrc')
 
@@ -50,7 +93,7 @@ setup(
     description='Exemplar Normalization (CVPR 2020) as a plug-in for mmsegmentation',
     packages=find_packages(include=['en_seg', 'en_seg.*']),
     python_requires='>=3.9',
-    install_requires=['torch>=2.4', 'mmengine==0.10.7', 'mmcv==2.1.0',
+    install_requires=['torch>=2.6', 'mmengine==0.10.7', 'mmcv==2.1.0',
                       'mmsegmentation==1.2.2', 'matplotlib', 'scikit-learn'],
     ext_modules=[_extension()],
     cmdclass={'build_ext': BuildExtension},

@@ -15,6 +15,14 @@ training iteration of DeepLabV3 R50-D8, in time and peak memory::
     python tools/benchmark.py layer --doc docs/benchmark_layer_model.md
     python tools/benchmark.py model --doc docs/benchmark_layer_model.md
 
+On a GPU (tools/gpu_check.sh runs these), EN against cuDNN's BN and GN in float32 and
+bfloat16 autocast, NCHW and channels_last, and DeepLabV3 at 512×512 (mmseg's where it is
+installed, else torchvision's; the ``layer`` and ``model`` paths import no OpenMMLab)::
+
+    python tools/benchmark.py layer --device cuda --variants BN 'GN(32)' EN \\
+        --dtypes float32 bfloat16 --memory-formats nchw channels_last
+    python tools/benchmark.py model --device cuda --batch 2 --size 512
+
 Times are in microseconds: medians of ``torch.utils.benchmark.Timer.blocked_autorange``
 (which synchronizes CUDA), measured ``--repeats`` times in turn for every implementation,
 of which the lowest is kept, since other processes on a shared machine only add time. On a

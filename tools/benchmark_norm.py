@@ -2,10 +2,13 @@
 Exemplar Normalization costs in time and memory (issue 4).
 
 ``layer``: one forward + backward (gradients of the input and every parameter) of BN
-(``nn.BatchNorm2d``), GN(32), SN, EN, EN on its pure-PyTorch path and the literal EN of
-paper Eq. 3 (K normalized maps materialised, tests/reference.py), in training mode, at the
-shapes of ResNet / DeepLab layers. ``model``: one training iteration (forward, backward, SGD
-step) of mmsegmentation's DeepLabV3 R50-D8 with EN and with BN, plus parameters and GFLOPs.
+(``nn.BatchNorm2d``, cuDNN's on a GPU), GN(32), SN, EN, EN on its pure-PyTorch path and the
+literal EN of paper Eq. 3 (K normalized maps materialised, tests/reference.py), in training
+mode, at the shapes of ResNet / DeepLab layers, in float32 or bfloat16 autocast, NCHW or
+channels_last. ``model``: one training iteration (forward, backward, SGD step) of DeepLabV3
+ResNet-50 at output stride 8 with EN and with BN: mmsegmentation's R50-D8 (with parameters
+and GFLOPs) or, without OpenMMLab, torchvision's ``deeplabv3_resnet50``. Only torch (and
+torchvision for that model) is imported unless mmseg is used.
 
 What is measured:
 
@@ -27,6 +30,7 @@ What is measured:
 import argparse
 import ctypes
 import datetime
+import importlib.util
 import os
 import sys
 from math import prod
@@ -35,6 +39,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.benchmark import Timer
 
@@ -49,6 +54,14 @@ DEEPLAB_CONFIG = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb4-80k_ade20k-512x512.py'
 LAYER_TARGETS = {'cpu': (1.5, 1.2), 'cuda': (1.3, None)}
 MODEL_TARGETS = (1.15, 1.1)
 MIB = 2.0 ** 20
+#: ``layer --dtypes``: float32, or bfloat16 activations and gradients with the forward
+#: under bfloat16 autocast (float32 weights), as in a network trained with autocast.
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
+#: ``layer --memory-formats``.
+MEMORY_FORMATS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
+#: ``model --impl``: where the segmentor comes from; 'auto' is mmseg where it is installed.
+MODEL_IMPLS = ('auto', 'mmseg', 'torchvision')
+NUM_CLASSES = 150  # ADE20K's, as in the mmseg config
 
 
 def add_subcommands(commands, median_us: Callable[[str, dict, argparse.Namespace], float],
@@ -69,6 +82,13 @@ def add_subcommands(commands, median_us: Callable[[str, dict, argparse.Namespace
         'layer', help='EN vs BN, GN, SN and the literal EN: one layer, forward + backward')
     layer.add_argument('--shapes', nargs='+', type=_shape, default=LAYER_SHAPES,
                        metavar='N,C,H,W', help="input shapes (default: issue 4's four)")
+    layer.add_argument('--variants', nargs='+', choices=tuple(LAYER_VARIANTS),
+                       default=tuple(LAYER_VARIANTS),
+                       help='layers to measure, BN and EN among them (default: all)')
+    layer.add_argument('--dtypes', nargs='+', choices=tuple(DTYPES), default=['float32'],
+                       help='float32, and/or bfloat16 under autocast (default: float32)')
+    layer.add_argument('--memory-formats', nargs='+', choices=tuple(MEMORY_FORMATS),
+                       default=['nchw'], help='input layouts (default: nchw)')
     layer.set_defaults(run=bench_layer)
 
     model = commands.add_parser(
@@ -76,6 +96,9 @@ def add_subcommands(commands, median_us: Callable[[str, dict, argparse.Namespace
     model.add_argument('--batch', type=int, default=2, help='images per batch (default: 2)')
     model.add_argument('--size', type=int, default=256,
                        help='square crop side in pixels (default: 256)')
+    model.add_argument('--impl', choices=MODEL_IMPLS, default='auto',
+                       help="mmseg's DeepLabV3 R50-D8 or torchvision's deeplabv3_resnet50 "
+                            "(default: auto, mmseg where it is installed)")
     model.set_defaults(run=bench_model)
 
     for command in (layer, model):
@@ -203,32 +226,55 @@ LAYER_VARIANTS: Dict[str, Callable[[int], nn.Module]] = {
 
 
 def layer_step(layer: nn.Module, x: Tensor, grad: Tensor) -> Callable[[], None]:
-    """Forward and backward: the gradients of x and of every parameter."""
+    """Forward and backward: the gradients of x and of every parameter. A bfloat16 x runs
+    the forward under bfloat16 autocast and the backward outside it, as torch recommends."""
     inputs = (x, *layer.parameters())
+    autocast = x.dtype == torch.bfloat16
 
     def step() -> None:
-        torch.autograd.grad(layer(x), inputs, grad)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            y = layer(x)
+        torch.autograd.grad(y, inputs, grad)
 
     return step
 
 
+def layer_input(shape: Tuple[int, ...], dtype: str, memory_format: str, device: str,
+                requires_grad: bool) -> Tensor:
+    """A standard-normal ``shape`` tensor in a ``DTYPES`` dtype and ``MEMORY_FORMATS``
+    layout."""
+    x = torch.randn(shape, device=device).to(DTYPES[dtype])
+    return x.to(memory_format=MEMORY_FORMATS[memory_format]).requires_grad_(requires_grad)
+
+
 def bench_layer(args: argparse.Namespace) -> str:
-    """Every variant at every shape; returns the Markdown table (and writes --doc)."""
+    """Every variant at every shape, dtype and layout; returns the Markdown table (and
+    writes --doc).
+
+    Raises:
+        SystemExit: where --variants lacks BN or EN, the baseline and the layer compared.
+    """
+    if not {'BN', 'EN'} <= set(args.variants):
+        raise SystemExit('--variants must include BN and EN')
     machine = _prepare(args)
     rows = []
     for shape in args.shapes:
-        x = torch.randn(shape, device=args.device, requires_grad=True)
-        grad = torch.randn(shape, device=args.device)
-        steps = {name: layer_step(build(shape[1]).to(args.device).train(), x, grad)
-                 for name, build in LAYER_VARIANTS.items()}
-        for step in steps.values():
-            step()
-        seconds = fastest_median(steps, args)
-        memory = {name: peak_bytes(step, args.device) for name, step in steps.items()}
-        rows.append((shape, seconds, memory))
-        _progress(f'{shape}: ' + ', '.join(
-            f'{name} {seconds[name] / seconds["BN"]:.2f}x time, '
-            f'{memory[name] / memory["BN"]:.2f}x memory' for name in steps))
+        layers = {name: LAYER_VARIANTS[name](shape[1]).to(args.device).train()
+                  for name in args.variants}
+        for dtype in args.dtypes:
+            for memory_format in args.memory_formats:
+                x = layer_input(shape, dtype, memory_format, args.device, True)
+                grad = layer_input(shape, dtype, memory_format, args.device, False)
+                steps = {name: layer_step(layer, x, grad) for name, layer in layers.items()}
+                for step in steps.values():
+                    step()
+                seconds = fastest_median(steps, args)
+                memory = {name: peak_bytes(step, args.device) for name, step in steps.items()}
+                config = f'{dtype}, {memory_format}'
+                rows.append((shape, config, seconds, memory))
+                _progress(f'{shape} {config}: ' + ', '.join(
+                    f'{name} {seconds[name] / seconds["BN"]:.2f}x time, '
+                    f'{memory[name] / memory["BN"]:.2f}x memory' for name in steps))
     text = layer_markdown(rows, args.device, machine)
     if args.doc:
         write_section(args.doc, f'layer-{args.device}', text)
@@ -240,25 +286,26 @@ def layer_markdown(rows, device: str, machine: str) -> str:
     lines = [
         f'### One layer, forward + backward ({device})', '', machine, '',
         'Time: forward + backward (gradients of the input and every parameter), training '
-        'mode, float32, contiguous NCHW; the lowest of the medians of the measuring rounds; '
-        'on the CPU denormals flushed to zero and glibc malloc\'s thresholds fixed (blocks up '
-        'to 32 MiB reused, larger ones mapped anew by every variant). '
-        'Peak memory: tensor bytes the step allocates on top of its input, gradient and '
-        'parameters. Ratios are to BN.',
+        'mode; input float32, or bfloat16 with the forward under bfloat16 autocast (float32 '
+        'weights), in NCHW or channels_last layout; the lowest of the medians of the '
+        'measuring rounds; on the CPU denormals flushed to zero and glibc malloc\'s '
+        'thresholds fixed (blocks up to 32 MiB reused, larger ones mapped anew by every '
+        'variant). Peak memory: tensor bytes the step allocates on top of its input, '
+        'gradient and parameters. Ratios are to BN.',
         '',
-        '| shape (N, C, H, W) | layer | time (ms) | × BN | peak memory (MiB) | × BN |',
-        '|---|---|---:|---:|---:|---:|',
+        '| shape (N, C, H, W) | input | layer | time (ms) | × BN | peak memory (MiB) | × BN |',
+        '|---|---|---|---:|---:|---:|---:|',
     ]
     verdicts = []
-    for shape, seconds, memory in rows:
+    for shape, config, seconds, memory in rows:
         for name in seconds:
             lines.append(
-                f'| {tuple(shape)} | {name} | {seconds[name] * 1e3:.2f} | '
+                f'| {tuple(shape)} | {config} | {name} | {seconds[name] * 1e3:.2f} | '
                 f'{seconds[name] / seconds["BN"]:.2f} | {memory[name] / MIB:.1f} | '
                 f'{memory[name] / memory["BN"]:.2f} |')
         time_ratio = seconds['EN'] / seconds['BN']
         memory_ratio = memory['EN'] / memory['BN']
-        verdicts.append(_verdict(f'{tuple(shape)}', time_ratio, time_target,
+        verdicts.append(_verdict(f'{tuple(shape)} {config}', time_ratio, time_target,
                                  memory_ratio, memory_target))
     target = f'EN ≤ {time_target}× BN time' + (
         f' and ≤ {memory_target}× BN peak memory' if memory_target else '')
@@ -368,59 +415,138 @@ FLOP_HANDLES = {
 }
 
 
+def build_torchvision_deeplab(norm: str, device: str) -> nn.Module:
+    """torchvision's DeepLabV3 ResNet-50 (which dilates the last two stages: output stride
+    8, as R50-D8) with an auxiliary FCN head and NUM_CLASSES classes, randomly initialised
+    (no download); for ``norm='EN'`` every BatchNorm2d (backbone and heads) is swapped for
+    an ExemplarNorm2d of its width."""
+    from torchvision.models.segmentation import deeplabv3_resnet50
+
+    model = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
+                               aux_loss=True)
+    if norm == 'EN':
+        _swap_batchnorm(model)
+    return model.to(device)
+
+
+def _swap_batchnorm(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, ExemplarNorm2d(child.num_features))
+        else:
+            _swap_batchnorm(child)
+
+
+def torchvision_training_step(model: nn.Module, batch: int, size: int,
+                              device: str) -> Callable[[], None]:
+    """One training iteration as mmseg's: cross-entropy of the decode head plus 0.4 times
+    the auxiliary head's, backward, SGD step with momentum; on standard-normal images and
+    uniformly random labels."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    labels = torch.randint(0, NUM_CLASSES, (batch, size, size), generator=gen).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train()
+
+    def step() -> None:
+        out = model(images)
+        loss = (F.cross_entropy(out['out'], labels)
+                + 0.4 * F.cross_entropy(out['aux'], labels))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _model_impl(requested: str) -> str:
+    if requested != 'auto':
+        return requested
+    return 'mmseg' if importlib.util.find_spec('mmseg') else 'torchvision'
+
+
 def bench_model(args: argparse.Namespace) -> str:
     """Both segmentors; returns the Markdown table (and writes --doc)."""
     machine = _prepare(args)
+    impl = _model_impl(args.impl)
     norms = ('BN', 'EN')
-    models = {norm: build_deeplab(norm, args.size, args.device) for norm in norms}
-    num_classes = models['BN'].decode_head.num_classes
-    data = segmentation_batch(args.batch, args.size, num_classes)
-    steps = {norm: training_step(model, data) for norm, model in models.items()}
+    if impl == 'mmseg':
+        models = {norm: build_deeplab(norm, args.size, args.device) for norm in norms}
+        data = segmentation_batch(args.batch, args.size, NUM_CLASSES)
+        steps = {norm: training_step(model, data) for norm, model in models.items()}
+    else:
+        models = {norm: build_torchvision_deeplab(norm, args.device) for norm in norms}
+        steps = {norm: torchvision_training_step(model, args.batch, args.size, args.device)
+                 for norm, model in models.items()}
     for step in steps.values():
         step()  # creates the SGD momentum buffers, part of the baseline
     seconds = fastest_median(steps, args)
     memory = {norm: peak_bytes(step, args.device) for norm, step in steps.items()}
-    stats = {norm: complexity(model, args.size, args.device) for norm, model in models.items()}
+    # mmengine's FlopAnalyzer counts FLOPs; without it, parameters only.
+    stats = {norm: complexity(model, args.size, args.device) if impl == 'mmseg'
+             else (sum(p.numel() for p in model.parameters()), None)
+             for norm, model in models.items()}
     _progress(f'EN / BN: {seconds["EN"] / seconds["BN"]:.2f}x time, '
               f'{memory["EN"] / memory["BN"]:.2f}x memory')
-    text = model_markdown(args, seconds, memory, stats, machine)
+    text = model_markdown(args, impl, seconds, memory, stats, machine)
     if args.doc:
-        write_section(args.doc, f'model-{args.device}', text)
+        section = f'model-{args.device}' + ('' if impl == 'mmseg' else '-torchvision')
+        write_section(args.doc, section, text)
     return text
 
 
-def model_markdown(args, seconds, memory, stats, machine: str) -> str:
+#: What the model table says of each segmentor.
+MODEL_DESCRIPTIONS = {
+    'mmseg': ('DeepLabV3 R50-D8',
+              f'mmseg config `{DEEPLAB_CONFIG}` with `norm_cfg=dict(type=NORM, '
+              'requires_grad=True)` in backbone, decode and auxiliary heads, random init'),
+    'torchvision': ('DeepLabV3 ResNet-50, output stride 8 (torchvision)',
+                    "torchvision's `deeplabv3_resnet50(weights=None, weights_backbone=None, "
+                    f'num_classes={NUM_CLASSES}, aux_loss=True)`, every BatchNorm2d swapped '
+                    'for EN in the EN row, random init'),
+}
+
+
+def model_markdown(args, impl: str, seconds, memory, stats, machine: str) -> str:
     time_target, memory_target = MODEL_TARGETS
+    title, source = MODEL_DESCRIPTIONS[impl]
+    if impl == 'mmseg':
+        iteration = ('`model.train_step` (data preprocessing, forward with both losses, '
+                     'backward, SGD step with momentum)')
+        counts = ('Parameters and GFLOPs: mmengine FlopAnalyzer, one '
+                  f'{args.size}×{args.size} image, inference (a multiply-add is one FLOP; BN '
+                  'counts 2 FLOPs per element; EN 3 per element for its moments, 2 for its '
+                  'affine map, and its ratio branch\'s multiply-adds).')
+    else:
+        iteration = ('forward, cross-entropy of the decode head + 0.4 × the auxiliary '
+                     "head's, backward, SGD step with momentum")
+        counts = 'GFLOPs need mmengine (not installed or not used).'
     lines = [
-        f'### DeepLabV3 R50-D8, one training iteration ({args.device})', '', machine, '',
-        f'mmseg config `{DEEPLAB_CONFIG}` with `norm_cfg=dict(type=NORM, requires_grad=True)` '
-        f'in backbone, decode and auxiliary heads, random init; batch {args.batch}, '
-        f'{args.size}×{args.size} crops, 150 classes. Iteration: `model.train_step` (data '
-        'preprocessing, forward with both losses, backward, SGD step with momentum); fastest '
-        f'of {args.repeats}, on the CPU with denormals flushed to zero (the gradients of a '
-        'randomly initialised network drift into denormals, which x86 CPUs compute ~100× '
-        'slower). Peak memory: tensor bytes the iteration allocates on top of the '
-        'model, its gradients and the optimizer state. Parameters and GFLOPs: mmengine '
-        f'FlopAnalyzer, one {args.size}×{args.size} image, inference (a multiply-add is one '
-        'FLOP; BN counts 2 FLOPs per element; EN 3 per element for its moments, 2 for its '
-        'affine map, and its ratio branch\'s multiply-adds).', '',
+        f'### {title}, one training iteration ({args.device})', '', machine, '',
+        f'{source}; batch {args.batch}, {args.size}×{args.size} crops, {NUM_CLASSES} '
+        f'classes, float32. Iteration: {iteration}; fastest of {args.repeats}, on the CPU '
+        'with denormals flushed to zero (the gradients of a randomly initialised network '
+        'drift into denormals, which x86 CPUs compute ~100× slower). Peak memory: tensor '
+        'bytes the iteration allocates on top of the model, its gradients and the optimizer '
+        f'state. {counts}', '',
         '| norm | parameters (M) | GFLOPs | iteration (s) | × BN | peak memory (MiB) | × BN |',
         '|---|---:|---:|---:|---:|---:|---:|',
     ]
     for norm in seconds:
         params, gflops = stats[norm]
-        lines.append(f'| {norm} | {params / 1e6:.2f} | {gflops:.2f} | {seconds[norm]:.2f} | '
+        flops = 'n/a' if gflops is None else f'{gflops:.2f}'
+        lines.append(f'| {norm} | {params / 1e6:.2f} | {flops} | {seconds[norm]:.3f} | '
                      f'{seconds[norm] / seconds["BN"]:.2f} | {memory[norm] / MIB:.0f} | '
                      f'{memory[norm] / memory["BN"]:.2f} |')
-    params_bn, gflops_bn = stats['BN']
-    params_en, gflops_en = stats['EN']
+    (params_bn, gflops_bn), (params_en, gflops_en) = stats['BN'], stats['EN']
+    overhead = f'EN over BN: {100 * (params_en / params_bn - 1):+.2f}% parameters'
+    if gflops_bn is not None:
+        overhead += f', {100 * (gflops_en / gflops_bn - 1):+.2f}% GFLOPs'
     lines += [
-        '',
-        f'EN over BN: {100 * (params_en / params_bn - 1):+.2f}% parameters, '
-        f'{100 * (gflops_en / gflops_bn - 1):+.2f}% GFLOPs (paper Table 2, ResNet50 on '
-        'ImageNet: +1.4% parameters, +4.6% GFLOPs).', '',
+        '', overhead + ' (paper Table 2, ResNet50 on ImageNet: +1.4% parameters, +4.6% '
+        'GFLOPs).', '',
         f'Target: EN ≤ {time_target}× BN time and ≤ {memory_target}× BN peak memory.', '',
-        '- ' + _verdict('DeepLabV3 R50-D8', seconds['EN'] / seconds['BN'], time_target,
+        '- ' + _verdict(title, seconds['EN'] / seconds['BN'], time_target,
                         memory['EN'] / memory['BN'], memory_target),
     ]
     return '\n'.join(lines) + '\n'

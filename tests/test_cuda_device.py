@@ -1,0 +1,151 @@
+"""The CUDA build on a GPU: every op's CUDA kernel registered, opcheck and gradcheck of the
+fused ops on the device, the EN / SN layers under bfloat16 autocast, ``torch.compile`` and
+CUDA-graph capture and replay of their forward + backward.
+
+Needs torch and en_seg's ops and layers only (no OpenMMLab); skipped without a GPU.
+tests/test_ratio_op.py and tests/test_fused_norm.py hold the other CUDA tests (kernels
+against the CPU kernels and the references, determinism).
+"""
+import copy
+
+import pytest
+import torch
+
+from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
+from reference import randomized
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+ops = torch.ops.en_seg
+LAYERS = [(ExemplarNorm2d, dict(reduction=4)), (SwitchableNorm2d, {})]
+LAYER_IDS = ['EN', 'SN']
+
+
+def activation(shape, dtype=torch.float32, channels_last=False, seed=0):
+    """A CUDA activation of standard-normal values plus 1, in ``dtype``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) + 1).to('cuda', dtype)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+def coefficients(shape, dtype, count, seed=1):
+    """``count`` (N, C) CUDA coefficients in the statistics dtype of a ``dtype`` input."""
+    gen = torch.Generator().manual_seed(seed)
+    stats = torch.float64 if dtype == torch.float64 else torch.float32
+    return [torch.randn(shape[:2], generator=gen, dtype=stats).cuda() for _ in range(count)]
+
+
+def cuda_layer(cls, kwargs, c=16, seed=0):
+    """A float32 training-mode layer on the GPU, its parameters off their initial values."""
+    return randomized(cls(c, **kwargs), seed).cuda().train()
+
+
+def forward_backward(layer, x, grad):
+    """y = layer(x) and the gradients of x and of every parameter for dL/dy = grad."""
+    y = layer(x)
+    return [y, *torch.autograd.grad(y, (x, *layer.parameters()), grad)]
+
+
+def assert_all_close(actual, expected, tol):
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=tol, atol=tol)
+
+
+def test_every_op_has_a_cuda_kernel():
+    names = [name for name in torch._C._dispatch_get_all_op_names()
+             if name.startswith('en_seg::')]
+    assert names, 'en_seg.ops._C registers no op'
+    missing = [name for name in names
+               if not torch._C._dispatch_has_kernel_for_dispatch_key(name, 'CUDA')]
+    assert not missing, f'built without CUDA kernels for {missing}'
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_opcheck_of_the_fused_ops(dtype, channels_last):
+    shape = (2, 5, 4, 3)
+    x = activation(shape, dtype, channels_last)
+    dy = activation(shape, dtype, channels_last, seed=2)
+    center, a, b, k = coefficients(shape, dtype, count=4)
+    grad_args = [t.clone().requires_grad_() for t in (x, center, a, b)]
+    torch.library.opcheck(ops.channel_moments.default, (grad_args[0],))
+    torch.library.opcheck(ops.channel_affine.default, tuple(grad_args))
+    torch.library.opcheck(ops.channel_affine_grad_sums.default, (dy, x, center))
+    torch.library.opcheck(ops.channel_affine_input_grad.default, (dy, x, center, a, k, b))
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+def test_gradcheck_of_the_fused_ops(channels_last):
+    # float64, the one dtype precise enough for finite differences; the ratio op has CUDA
+    # kernels for float32 only (tests/test_ratio_op.py compares them to float64 instead).
+    shape = (2, 3, 4, 5)
+    x = activation(shape, torch.float64, channels_last).requires_grad_()
+    center, a, b = (t.requires_grad_() for t in coefficients(shape, torch.float64, count=3))
+    assert torch.autograd.gradcheck(lambda x: ops.channel_moments(x), (x,))
+    assert torch.autograd.gradcheck(ops.channel_affine, (x, center, a, b))
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+@pytest.mark.parametrize('cls, kwargs', LAYERS, ids=LAYER_IDS)
+def test_gradcheck_through_the_fused_layer(cls, kwargs, training):
+    layer = randomized(cls(8, **kwargs).double(), seed=2).cuda().train(training)
+    names = [name for name, _ in layer.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
+    x = activation((3, 8, 3, 2), torch.float64).requires_grad_()
+
+    def run(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('cls, kwargs', LAYERS, ids=LAYER_IDS)
+def test_bfloat16_autocast_matches_float32_on_the_same_values(cls, kwargs, channels_last):
+    # What the layer meets in a bf16 autocast network: bf16 activations and gradients,
+    # float32 weights. Statistics and sums stay float32, so only y and dX are rounded.
+    layer = cuda_layer(cls, kwargs)
+    shape = (4, 16, 9, 11)
+    x = activation(shape, torch.bfloat16, channels_last).requires_grad_()
+    grad = activation(shape, torch.bfloat16, channels_last, seed=3)
+    expected = forward_backward(copy.deepcopy(layer), x.detach().float().requires_grad_(),
+                                grad.float())
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        y = layer(x)
+    # Backward outside autocast, as torch recommends (it would run (N, C) matmuls in bf16).
+    actual = [y, *torch.autograd.grad(y, (x, *layer.parameters()), grad)]
+    assert actual[0].dtype == actual[1].dtype == torch.bfloat16
+    assert actual[0].is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_all_close([t.float() for t in actual[:2]], expected[:2], tol=2e-2)
+    assert_all_close(actual[2:], expected[2:], tol=1e-4)
+
+
+@pytest.mark.parametrize('backend', ['aot_eager', 'inductor'])
+@pytest.mark.parametrize('cls, kwargs', LAYERS, ids=LAYER_IDS)
+def test_torch_compile_forward_and_backward(cls, kwargs, backend):
+    layer = cuda_layer(cls, kwargs)
+    compiled = torch.compile(copy.deepcopy(layer), backend=backend, fullgraph=True)
+    for channels_last in (False, True):
+        x = activation((2, 16, 7, 5), channels_last=channels_last).requires_grad_()
+        grad = activation((2, 16, 7, 5), seed=4)
+        assert_all_close(forward_backward(compiled, x, grad),
+                         forward_backward(layer, x, grad), tol=1e-4)
+
+
+@pytest.mark.parametrize('cls, kwargs', LAYERS, ids=LAYER_IDS)
+def test_cuda_graph_replays_forward_and_backward(cls, kwargs):
+    # make_graphed_callables captures the forward and the backward (after warm-up passes
+    # that update the running statistics); each replay must match an eager twin on new data.
+    layer = cuda_layer(cls, kwargs)
+    eager = copy.deepcopy(layer)
+    shape = (2, 16, 7, 5)
+    graphed = torch.cuda.make_graphed_callables(
+        layer, (activation(shape).requires_grad_(),))
+    eager.load_state_dict(layer.state_dict())
+    for step in range(3):
+        x = activation(shape, seed=10 + step).requires_grad_()
+        grad = activation(shape, seed=20 + step)
+        assert_all_close(forward_backward(graphed, x, grad),
+                         forward_backward(eager, x, grad), tol=1e-5)
+    torch.testing.assert_close(layer.running_var, eager.running_var)
