@@ -1,0 +1,69 @@
+// C entry points to the launchers of moments_apply_kernel.cu (moments_apply_kernel.h), for
+// ctypes (kernels.py). Every pointer is host memory standing for device memory; `dtype` is
+// a cuda::DType and every entry returns the launcher's cudaError_t, emu_failure_message()
+// saying why when it is not cudaSuccess.
+#include <cstdint>
+
+#include "moments_apply_kernel.h"
+#include "bindings/entry.h"
+
+using en_seg::cuda::Activation;
+using en_seg::cuda::DType;
+
+namespace {
+Activation shape(int64_t n, int64_t c, int64_t hw, int channels_last) {
+  return {n, c, hw, channels_last != 0};
+}
+}  // namespace
+
+extern "C" {
+
+EMU_EXPORT int64_t emu_reduction_workspace_bytes(int dtype, int64_t n, int64_t c, int64_t hw,
+                                                 int channels_last) {
+  return en_seg::cuda::reduction_workspace_bytes(shape(n, c, hw, channels_last),
+                                                 static_cast<DType>(dtype));
+}
+
+EMU_EXPORT int emu_channel_moments(const void* x, int dtype, int64_t n, int64_t c, int64_t hw,
+                                   int channels_last, void* mean, void* var, void* workspace) {
+  return emu::run_launcher([&] {
+    return en_seg::cuda::launch_channel_moments(x, static_cast<DType>(dtype),
+                                                shape(n, c, hw, channels_last), mean, var,
+                                                workspace, nullptr);
+  });
+}
+
+EMU_EXPORT int emu_channel_affine(const void* x, int dtype, int64_t n, int64_t c, int64_t hw,
+                                  int channels_last, const void* center, const void* scale,
+                                  const void* shift, void* y) {
+  return emu::run_launcher([&] {
+    return en_seg::cuda::launch_channel_affine(x, static_cast<DType>(dtype),
+                                               shape(n, c, hw, channels_last), center, scale,
+                                               shift, y, nullptr);
+  });
+}
+
+EMU_EXPORT int emu_channel_affine_grad_sums(const void* grad_y, const void* x, int dtype,
+                                            int64_t n, int64_t c, int64_t hw,
+                                            int channels_last, const void* center,
+                                            void* sum_dy, void* sum_dy_xc, void* workspace) {
+  return emu::run_launcher([&] {
+    return en_seg::cuda::launch_channel_affine_grad_sums(
+        grad_y, x, static_cast<DType>(dtype), shape(n, c, hw, channels_last), center, sum_dy,
+        sum_dy_xc, workspace, nullptr);
+  });
+}
+
+EMU_EXPORT int emu_channel_affine_input_grad(const void* grad_y, const void* x, int dtype,
+                                             int64_t n, int64_t c, int64_t hw,
+                                             int channels_last, const void* center,
+                                             const void* dy_scale, const void* x_scale,
+                                             const void* shift, void* grad_x) {
+  return emu::run_launcher([&] {
+    return en_seg::cuda::launch_channel_affine_input_grad(
+        grad_y, x, static_cast<DType>(dtype), shape(n, c, hw, channels_last), center,
+        dy_scale, x_scale, shift, grad_x, nullptr);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,396 @@
+"""The CUDA kernels (en_seg/ops/csrc/cuda/*.cu) run on the CPU by an emulation
+(tests/cuda_emulation): every CUDA thread a fiber, barriers and shuffles real meeting
+points of a block's or a warp's fibers, shared memory NaN bytes when a block starts. Every
+launcher runs in three scheduling orders (forward, reversed, shuffled threads and blocks)
+and must give the same bits in each, equal to the CPU kernels (en_seg.ops._C) to the
+dtype's tolerance where the two sum in different orders and bit for bit to the PyTorch
+formula where nothing is summed. A last test reruns the module under AddressSanitizer and
+UndefinedBehaviorSanitizer. The rest of the module checks the emulation itself
+(tests/cuda_emulation/probe_kernels.cu).
+
+Run: ``make cuda-emulation`` (or ``.venv/bin/python -m pytest tests/test_cuda_emulation.py``).
+Needs g++ (C++20); without it the module is skipped.
+
+The tests fail for a kernel with a barrier or a shuffle offset wrong. CUDA_EMULATION_SRC
+builds the kernels from a copy of en_seg/ops/csrc/cuda (in a copy of csrc, whose
+ratio_math.h they include). From the repository root, deleting each ``__syncthreads();``
+of both kernel files in turn must make every run fail (none prints NOT CAUGHT)::
+
+    for f in moments_apply exemplar_ratios; do
+      src=en_seg/ops/csrc/cuda/${f}_kernel.cu copy=/tmp/csrc/cuda/${f}_kernel.cu
+      for n in $(seq $(grep -c '__syncthreads();' $src)); do
+        rm -rf /tmp/csrc && cp -r en_seg/ops/csrc /tmp/csrc
+        awk -v n=$n '/__syncthreads\\(\\);/ && ++k == n {next} 1' $src > $copy
+        CUDA_EMULATION_SRC=/tmp/csrc/cuda .venv/bin/python -m pytest -x -q \\
+          tests/test_cuda_emulation.py -k 'not sanitizers' >/dev/null && echo "NOT CAUGHT: $f $n"
+      done
+    done
+
+and so must each shift of a shuffle offset, e.g. (one at a time, on a fresh copy)::
+
+    sed -i 's|offset = kWarp / 2;|offset = kWarp / 4;|' /tmp/csrc/cuda/moments_apply_kernel.cu
+    sed -i 's|m.mean, offset)|m.mean, offset + 1)|' /tmp/csrc/cuda/moments_apply_kernel.cu
+    sed -i 's|s.dy_xc, offset)|s.dy_xc, offset - 1)|' /tmp/csrc/cuda/moments_apply_kernel.cu
+    sed -i 's|sum, offset)|sum, offset / 2)|' /tmp/csrc/cuda/exemplar_ratios_kernel.cu
+
+followed by the pytest line above.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import en_seg.ops  # noqa: F401  (registers torch.ops.en_seg.*, the CPU kernels)
+from cuda_emulation import build, kernels
+from cuda_emulation.kernels import EmulationError, Probe
+
+pytestmark = pytest.mark.skipif(
+    build.CXX is None, reason='g++ not found: the CUDA emulation compiles the kernels with it')
+
+#: Which build of the emulation runs: 'plain', or 'sanitized' in the sanitizers' rerun.
+VARIANT = os.environ.get('CUDA_EMULATION_VARIANT', 'plain')
+#: The scheduling orders every launcher runs in (the sanitized rerun takes one).
+ORDERS = os.environ.get('CUDA_EMULATION_ORDERS', 'forward reversed shuffled').split()
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# (N, C, H, W): H·W = 1; N = 1 with C not a multiple of 32 (one warp a row); H·W larger
+# than one block's pass (256 threads x 4) and than one channels_last segment (128 rows);
+# the widest: full 256-thread rows, the most (64) channels_last segments, 3 channel tiles.
+SHAPES = [(2, 3, 1, 1), (1, 37, 7, 9), (2, 5, 40, 77), (1, 70, 100, 91)]
+SHAPE_IDS = ['hw=1', 'n=1,c=37', 'hw>block', 'widest']
+# (N, K, C, r, P): one group; C and P not multiples of 32; the widest (K = 8, K² = 64 Gram
+# entries, P = kMaxHidden, 2048 groups per block of 256 threads); K = 1.
+RATIO_CASES = [(1, 2, 32, 32, 100), (3, 3, 40, 8, 150), (2, 8, 2048, 1, 4096),
+               (2, 1, 64, 1, 50)]
+RATIO_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope='module')
+def libraries():
+    return build.build_libraries(VARIANT)
+
+
+@pytest.fixture(scope='module')
+def moments_apply(libraries):
+    return kernels.MomentsApply(libraries['moments_apply'])
+
+
+@pytest.fixture(scope='module')
+def ratios(libraries):
+    return kernels.ExemplarRatios(libraries['exemplar_ratios'])
+
+
+@pytest.fixture(scope='module')
+def probe(libraries):
+    return Probe(libraries['probe'])
+
+
+@pytest.fixture
+def in_every_order(monkeypatch):
+    """run() in every order of ORDERS; returns the first order's result after checking
+    that the others gave the same bits."""
+    def run_all(run):
+        results = {}
+        for order in ORDERS:
+            monkeypatch.setenv('CUDA_EMULATION_ORDER', order)
+            results[order] = run()
+        first, *others = ORDERS
+        for order in others:
+            for a, b in zip(results[first], results[order]):
+                assert torch.equal(a, b), f'{order} order differs from {first}'
+        return results[first]
+    return run_all
+
+
+def stats_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tolerance(dtype):
+    """(rtol, atol) of statistics accumulated in stats_dtype(dtype) in another order."""
+    return (1e-12, 1e-12) if dtype == torch.float64 else (1e-5, 1e-5)
+
+
+def activation(shape, dtype, channels_last, seed, offset=0.0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + offset).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else
+                        torch.contiguous_format)
+
+
+def coefficients(shape, dtype, count):
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(shape[:2], generator=gen, dtype=stats_dtype(dtype))
+            for _ in range(count)]
+
+
+def per_row(t):
+    return t[:, :, None, None]
+
+
+def assert_close_scaled(actual, expected, rtol, atol):
+    """Equal to rtol and atol relative to expected's largest magnitude (at least 1)."""
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale)
+
+
+layouts = pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'nhwc'])
+shapes = pytest.mark.parametrize('shape', SHAPES, ids=SHAPE_IDS)
+dtypes = pytest.mark.parametrize('dtype', DTYPES, ids=str)
+
+
+# ------------------------------------------------------------------------------------------
+# The kernels against the CPU kernels and the PyTorch formulas
+
+
+@dtypes
+@shapes
+@layouts
+def test_channel_moments(moments_apply, in_every_order, shape, dtype, channels_last):
+    x = activation(shape, dtype, channels_last, seed=0, offset=3.0)
+    mean, var = in_every_order(lambda: moments_apply.channel_moments(x, channels_last))
+    expected_mean, expected_var = torch.ops.en_seg.channel_moments(x)
+    rtol, atol = tolerance(dtype)
+    assert_close_scaled(mean, expected_mean, rtol, atol)
+    assert_close_scaled(var, expected_var, rtol, atol)
+
+
+@dtypes
+@shapes
+@layouts
+def test_channel_affine_grad_sums(moments_apply, in_every_order, shape, dtype,
+                                  channels_last):
+    x = activation(shape, dtype, channels_last, seed=0, offset=3.0)
+    dy = activation(shape, dtype, channels_last, seed=5)
+    center, = coefficients(shape, dtype, 1)
+    sums = in_every_order(
+        lambda: moments_apply.channel_affine_grad_sums(dy, x, channels_last, center))
+    rtol, atol = tolerance(dtype)
+    for actual, expected in zip(sums, torch.ops.en_seg.channel_affine_grad_sums(dy, x, center)):
+        assert_close_scaled(actual, expected, rtol, atol)
+
+
+@dtypes
+@shapes
+@layouts
+def test_channel_affine(moments_apply, in_every_order, shape, dtype, channels_last):
+    x = activation(shape, dtype, channels_last, seed=0)
+    center, scale, shift = coefficients(shape, dtype, 3)
+    y, = in_every_order(
+        lambda: [moments_apply.channel_affine(x, channels_last, center, scale, shift)])
+    # Each operation rounded in the statistics' dtype, the result to x's: the kernel's order.
+    expected = per_row(scale) * (x.to(center.dtype) - per_row(center)) + per_row(shift)
+    assert torch.equal(y, expected.to(dtype))
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else
+                           torch.contiguous_format)
+
+
+@dtypes
+@shapes
+@layouts
+def test_channel_affine_input_grad(moments_apply, in_every_order, shape, dtype,
+                                   channels_last):
+    x = activation(shape, dtype, channels_last, seed=0)
+    dy = activation(shape, dtype, channels_last, seed=5)
+    center, dy_scale, x_scale, shift = coefficients(shape, dtype, 4)
+    dx, = in_every_order(lambda: [moments_apply.channel_affine_input_grad(
+        dy, x, channels_last, center, dy_scale, x_scale, shift)])
+    acc = center.dtype
+    expected = (per_row(dy_scale) * dy.to(acc) + per_row(x_scale) * (x.to(acc) - per_row(center))
+                + per_row(shift))
+    assert torch.equal(dx, expected.to(dtype))
+
+
+def ratio_inputs(n, k, c, r, hidden):
+    """The forward's 8 float32 inputs, scaled as tests/test_ratio_op.py's so that no
+    tanh unit saturates."""
+    gen = torch.Generator().manual_seed(0)
+    groups = c // r
+
+    def normal(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    tensors = [normal(n, c), normal(n, k, c),
+               torch.rand(n, k, c, generator=gen, dtype=torch.float64) + 0.5,
+               normal(groups, r, 1, scale=r ** -0.5),
+               normal(hidden, k * k, scale=1 / (k * groups)), normal(hidden, scale=0.1),
+               normal(k, hidden, scale=hidden ** -0.5), normal(k, scale=0.1)]
+    return [t.float() for t in tensors]
+
+
+@pytest.mark.parametrize('n, k, c, r, hidden', RATIO_CASES)
+def test_exemplar_ratios_forward(ratios, in_every_order, n, k, c, r, hidden):
+    inputs = ratio_inputs(n, k, c, r, hidden)
+    outputs = in_every_order(lambda: ratios.forward(*inputs))
+    for actual, expected in zip(outputs, torch.ops.en_seg.exemplar_ratios(*inputs)):
+        assert_close_scaled(actual, expected, RATIO_TOLERANCE, RATIO_TOLERANCE)
+
+
+@pytest.mark.parametrize('n, k, c, r, hidden', RATIO_CASES)
+def test_exemplar_ratios_backward(ratios, in_every_order, n, k, c, r, hidden):
+    pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b = ratio_inputs(n, k, c, r, hidden)
+    activations = torch.ops.en_seg.exemplar_ratios(pooled, means, rstds, conv_w, fc1_w, fc1_b,
+                                                   fc2_w, fc2_b)[1]
+    grad = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
+    inputs = (grad, activations, rstds, conv_w, fc1_w, fc2_w)
+    grads = in_every_order(lambda: ratios.backward(*inputs))
+    for actual, expected in zip(grads, torch.ops.en_seg.exemplar_ratios_backward(*inputs)):
+        assert_close_scaled(actual, expected, RATIO_TOLERANCE, RATIO_TOLERANCE)
+
+
+def test_ratio_forward_reports_a_launch_past_the_shared_memory_limit(ratios):
+    # P = 12288 hidden units need 49304 bytes of shared memory; the glue allows 4096.
+    inputs = ratio_inputs(1, 2, 32, 32, 12288)
+    with pytest.raises(EmulationError, match='dynamic shared memory') as error:
+        ratios.forward(*inputs)
+    assert error.value.code == 1  # cudaErrorInvalidValue
+
+
+@pytest.mark.skipif(VARIANT == 'sanitized', reason='this is the sanitized rerun')
+def test_sanitizers_find_nothing():
+    """The module again, on libraries built with -fsanitize=address,undefined (any finding
+    aborts), in the shuffled order."""
+    build.build_libraries('sanitized')
+    env = {**os.environ, **build.sanitizer_environment(), 'CUDA_EMULATION_VARIANT': 'sanitized',
+           'CUDA_EMULATION_ORDERS': 'shuffled'}
+    # --capture=sys: a sanitizer writes its report to file descriptor 2, then exits.
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', __file__, '-q', '-x', '-p', 'no:cacheprovider',
+         '--capture=sys', '-k', 'not sanitizers'],
+        cwd=build.ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
+
+
+# ------------------------------------------------------------------------------------------
+# The emulation itself
+
+
+def test_builtins_are_three_dimensional(probe):
+    grid, block = (2, 3, 2), (4, 2, 3)
+    out = probe.builtins(grid, block)
+    b = torch.arange(out.shape[0])[:, None].expand(out.shape[:2])
+    t = torch.arange(out.shape[1])[None, :].expand(out.shape[:2])
+    expected = torch.stack([t % block[0], t // block[0] % block[1], t // (block[0] * block[1]),
+                            b % grid[0], b // grid[0] % grid[1], b // (grid[0] * grid[1])], -1)
+    assert torch.equal(out, expected.to(torch.int32))
+
+
+def shuffle_expected(kind, lane, arg, width):
+    """The lane `lane` reads by CUDA's rules (its own where the source is outside its
+    segment of `width` lanes)."""
+    first = lane // width * width
+    if kind == 'index':
+        return first + arg % width
+    if kind == 'up':
+        return lane - arg if lane - first >= arg else lane
+    if kind == 'down':
+        return lane + arg if lane - first + arg < width else lane
+    return lane ^ arg if lane ^ arg < first + width else lane
+
+
+@pytest.mark.parametrize('mask, width', [(0xffffffff, 32), (0xffffffff, 8), (0xffffffff, 1),
+                                         (0x0000ffff, 16)], ids=['w32', 'w8', 'w1', 'half'])
+@pytest.mark.parametrize('kind, arg', [('index', 5), ('index', 37), ('up', 3), ('down', 1),
+                                       ('down', 6), ('xor', 1), ('xor', 12)])
+def test_shuffles_follow_cuda(probe, kind, arg, mask, width):
+    out = probe.shuffle(kind, 64, mask, arg, width)
+    expected = [100 + 32 * (t // 32) + shuffle_expected(kind, t % 32, arg, width)
+                if mask >> (t % 32) & 1 else -1 for t in range(64)]
+    assert out.tolist() == expected
+
+
+def test_shuffles_move_every_byte(probe):
+    doubles = torch.arange(32, dtype=torch.float64) * (1 + 2 ** -40)
+    halves = torch.arange(32, dtype=torch.float16) / 3
+    expected_doubles = doubles[torch.arange(32) ^ 1]
+    expected_halves = torch.cat([halves[1:], halves[-1:]])
+    probe.shuffle_types(doubles, halves.view(torch.int16))
+    assert torch.equal(doubles, expected_doubles) and torch.equal(halves, expected_halves)
+
+
+def test_shared_memory_is_nan_bytes_when_each_block_starts(probe):
+    assert (probe.shared_poison(3) == -1).all()
+
+
+def test_atomics(probe):
+    blocks, threads = 3, 100
+    total = blocks * threads
+    ints, uints, ulls, floats, doubles = probe.atomics(blocks, threads)
+    assert ints.tolist() == [total, -2 * total, total - 1]
+    assert uints[0] == 7 and 1 <= uints[1] <= total and uints[2] == total - 1
+    assert ulls.tolist() == [total << 33]
+    assert floats.tolist() == [total / 2, 3.0] and doubles.tolist() == [total / 4]
+
+
+@pytest.mark.parametrize('order', ['forward', 'reversed', 'shuffled'])
+def test_scheduling_order(probe, monkeypatch, order):
+    monkeypatch.setenv('CUDA_EMULATION_ORDER', order)
+    tickets = probe.order(4, 64).flatten()
+    forward = torch.arange(tickets.numel(), dtype=torch.int32)
+    if order == 'forward':
+        assert torch.equal(tickets, forward)
+    elif order == 'reversed':
+        assert torch.equal(tickets, forward.flip(0))
+    else:
+        assert torch.equal(tickets.sort().values, forward)
+        assert not torch.equal(tickets, forward) and not torch.equal(tickets, forward.flip(0))
+        assert torch.equal(probe.order(4, 64).flatten(), tickets)  # seeded: reproducible
+
+
+@pytest.mark.parametrize('fault, message', [
+    ('skipped barrier', 'pass different numbers of __syncthreads'),
+    ('crossed wait', 'deadlock.*\n.*waits at __syncthreads.*\n.*waits at __shfl_down_sync'),
+    ('split barrier', 'reaches a __syncthreads other than the one at .*probe_kernels.cu:'),
+    ('exited lane', 'deadlock.*\n.*waits at __syncwarp.*\n.*exited'),
+])
+def test_faults_are_reported(probe, fault, message):
+    with pytest.raises(EmulationError, match=message) as error:
+        probe.fault(fault)
+    assert error.value.code == 719  # cudaErrorLaunchFailure
+
+
+def test_a_shuffle_reading_a_lane_outside_its_mask_is_reported(probe):
+    with pytest.raises(EmulationError, match='lane 0 reads lane 16 in __shfl_down_sync, but '
+                                             'mask 0x0000ffff leaves that lane out'):
+        probe.shuffle('down', 32, 0x0000ffff, 16, 32)
+
+
+@pytest.mark.parametrize('grid, block, shared_bytes, code', [
+    ((1, 1, 1), (1025, 1, 1), 0, 9), ((1, 1, 1), (32, 32, 2), 0, 9),
+    ((1, 1, 1), (1, 1, 65), 0, 9), ((0, 1, 1), (1, 1, 1), 0, 9),
+    ((1, 65536, 1), (1, 1, 1), 0, 9), ((1, 1, 65536), (1, 1, 1), 0, 9),
+    ((1, 1, 1), (1, 1, 1), 48 * 1024 + 1, 1),
+    ((1, 65535, 1), (1, 1, 1), 0, 0), ((1, 1, 1), (1024, 1, 1), 48 * 1024, 0),
+    ((1, 1, 1), (4, 4, 64), 0, 0),
+])
+def test_launch_limits(probe, grid, block, shared_bytes, code):
+    if code == 0:
+        probe.launch(grid, block, shared_bytes)
+    else:
+        with pytest.raises(EmulationError) as error:
+            probe.launch(grid, block, shared_bytes)
+        assert error.value.code == code
+
+
+def all_16_bit_patterns():
+    return torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16)
+
+
+@pytest.mark.parametrize('dtype, name', [(torch.float16, 'half'), (torch.bfloat16, 'bfloat16')])
+def test_16_bit_floats_convert_as_torch(probe, dtype, name):
+    bits = all_16_bit_patterns()
+    values = bits.view(dtype).float()
+    torch.testing.assert_close(probe.convert(f'{name}_to_float', bits), values, rtol=0, atol=0,
+                               equal_nan=True)
+    # Round to nearest even: every value, the midpoints between neighbours (ties) and the
+    # floats next to them, and random float bit patterns (NaNs among them).
+    finite = values[values.isfinite()].sort().values
+    midpoints = (finite[1:] + finite[:-1]) / 2
+    floats = torch.cat([values, midpoints, midpoints.nextafter(finite[1:]),
+                        midpoints.nextafter(finite[:-1]),
+                        torch.randint(-2 ** 31, 2 ** 31, (1 << 20,), dtype=torch.int64)
+                        .to(torch.int32).view(torch.float32)])
+    converted = probe.convert(f'float_to_{name}', floats).view(dtype)
+    torch.testing.assert_close(converted, floats.to(dtype), rtol=0, atol=0, equal_nan=True)
