@@ -1,4 +1,5 @@
-"""Independent references written from the papers (EN_SPEC.md), for the tests only.
+"""Independent references written from the papers (EN_SPEC.md), and the inputs the
+tests feed them, for the tests only.
 
 They materialise the K normalized maps literally and take every statistic directly from
 X with torch.var / torch.mean over the normalizer's axes, unlike the layers under test,
@@ -66,3 +67,21 @@ def randomized(layer, seed=0):
         layer.running_mean.copy_(torch.randn(layer.num_features, generator=gen))
         layer.running_var.copy_(torch.rand(layer.num_features, generator=gen) + 0.5)
     return layer
+
+
+def ratio_inputs(n, k, c, r, dtype=torch.float64, device='cpu', seed=0, hidden=None):
+    """The ratio op's 8 inputs, requiring grad, with ``hidden`` units (default π·K, π = 50):
+    statistics of order 1 and weights scaled so that z, v = z zᵀ and tanh's input are of
+    order 1 (no saturated unit, so every gradient is informative)."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden, groups = hidden or 50 * k, c // r
+
+    def normal(*shape, scale=1.0):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+
+    tensors = [normal(n, c), normal(n, k, c),
+               torch.rand(n, k, c, generator=gen, dtype=torch.float64) + 0.5,
+               normal(groups, r, 1, scale=r ** -0.5),
+               normal(hidden, k * k, scale=1 / (k * groups)), normal(hidden, scale=0.1),
+               normal(k, hidden, scale=hidden ** -0.5), normal(k, scale=0.1)]
+    return [t.to(device, dtype).requires_grad_() for t in tensors]

@@ -45,6 +45,7 @@ import torch
 import en_seg.ops  # noqa: F401  (registers torch.ops.en_seg.*, the CPU kernels)
 from cuda_emulation import build, kernels
 from cuda_emulation.kernels import EmulationError, Probe
+from reference import ratio_inputs
 
 pytestmark = pytest.mark.skipif(
     build.CXX is None, reason='g++ not found: the CUDA emulation compiles the kernels with it')
@@ -203,26 +204,14 @@ def test_channel_affine_input_grad(moments_apply, in_every_order, shape, dtype,
     assert torch.equal(dx, expected.to(dtype))
 
 
-def ratio_inputs(n, k, c, r, hidden):
-    """The forward's 8 float32 inputs, scaled as tests/test_ratio_op.py's so that no
-    tanh unit saturates."""
-    gen = torch.Generator().manual_seed(0)
-    groups = c // r
-
-    def normal(*shape, scale=1.0):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
-
-    tensors = [normal(n, c), normal(n, k, c),
-               torch.rand(n, k, c, generator=gen, dtype=torch.float64) + 0.5,
-               normal(groups, r, 1, scale=r ** -0.5),
-               normal(hidden, k * k, scale=1 / (k * groups)), normal(hidden, scale=0.1),
-               normal(k, hidden, scale=hidden ** -0.5), normal(k, scale=0.1)]
-    return [t.float() for t in tensors]
+def float_ratio_inputs(n, k, c, r, hidden):
+    """The forward's 8 float32 inputs, as tests/test_ratio_op.py makes them."""
+    return [t.detach() for t in ratio_inputs(n, k, c, r, torch.float32, hidden=hidden)]
 
 
 @pytest.mark.parametrize('n, k, c, r, hidden', RATIO_CASES)
 def test_exemplar_ratios_forward(ratios, in_every_order, n, k, c, r, hidden):
-    inputs = ratio_inputs(n, k, c, r, hidden)
+    inputs = float_ratio_inputs(n, k, c, r, hidden)
     outputs = in_every_order(lambda: ratios.forward(*inputs))
     for actual, expected in zip(outputs, torch.ops.en_seg.exemplar_ratios(*inputs)):
         assert_close_scaled(actual, expected, RATIO_TOLERANCE, RATIO_TOLERANCE)
@@ -230,7 +219,8 @@ def test_exemplar_ratios_forward(ratios, in_every_order, n, k, c, r, hidden):
 
 @pytest.mark.parametrize('n, k, c, r, hidden', RATIO_CASES)
 def test_exemplar_ratios_backward(ratios, in_every_order, n, k, c, r, hidden):
-    pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b = ratio_inputs(n, k, c, r, hidden)
+    pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b = float_ratio_inputs(
+        n, k, c, r, hidden)
     activations = torch.ops.en_seg.exemplar_ratios(pooled, means, rstds, conv_w, fc1_w, fc1_b,
                                                    fc2_w, fc2_b)[1]
     grad = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
@@ -242,7 +232,7 @@ def test_exemplar_ratios_backward(ratios, in_every_order, n, k, c, r, hidden):
 
 def test_ratio_forward_reports_a_launch_past_the_shared_memory_limit(ratios):
     # P = 12288 hidden units need 49304 bytes of shared memory; the glue allows 4096.
-    inputs = ratio_inputs(1, 2, 32, 32, 12288)
+    inputs = float_ratio_inputs(1, 2, 32, 32, 12288)
     with pytest.raises(EmulationError, match='dynamic shared memory') as error:
         ratios.forward(*inputs)
     assert error.value.code == 1  # cudaErrorInvalidValue

@@ -154,13 +154,15 @@ def test_other_strides_are_accepted_by_copy():
     torch.testing.assert_close(mean, x.mean((2, 3)))
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('channels_last', [False, True])
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.float16])
-def test_opcheck(dtype, channels_last):
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.float16,
+                                   torch.bfloat16])
+def test_opcheck(dtype, channels_last, device):
     shape = (2, 5, 4, 3)
-    x = activation(shape, dtype, channels_last)
-    dy = activation(shape, dtype, channels_last, seed=2)
-    center, a, b, k = coefficients(shape, dtype, count=4)
+    x = activation(shape, dtype, channels_last, device)
+    dy = activation(shape, dtype, channels_last, device, seed=2)
+    center, a, b, k = coefficients(shape, dtype, device, count=4)
     grad_args = [t.clone().requires_grad_() for t in (x, center, a, b)]
     torch.library.opcheck(ops.channel_moments.default, (grad_args[0],))
     torch.library.opcheck(ops.channel_affine.default, tuple(grad_args))

@@ -16,6 +16,7 @@ from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 from en_seg.models import ExemplarNorm2d, exemplar_ratios_reference
 from en_seg.ops import ratio_op
 from en_seg.ops.ratio_op import exemplar_ratios
+from reference import ratio_inputs
 
 CSRC = Path(ratio_op.__file__).parent / 'csrc'
 NVCC = shutil.which('nvcc')
@@ -26,24 +27,6 @@ requires_cuda = pytest.mark.skipif(not CUDA, reason='needs a CUDA device')
 CASES = [(1, 2, 32, 32), (2, 3, 256, 32), (5, 4, 96, 8), (64, 3, 64, 1),
          (16, 2, 2048, 32), (2, 4, 2048, 1), (64, 3, 512, 8), (7, 3, 32, 8)]
 TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
-def ratio_inputs(n, k, c, r, dtype=torch.float64, device='cpu', seed=0):
-    """The op's 8 inputs, requiring grad, with π = 50: statistics of order 1 and weights
-    scaled so that z, v = z zᵀ and tanh's input are of order 1 (no saturated unit, so every
-    gradient is informative)."""
-    gen = torch.Generator().manual_seed(seed)
-    hidden, groups = 50 * k, c // r
-
-    def normal(*shape, scale=1.0):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
-
-    tensors = [normal(n, c), normal(n, k, c),
-               torch.rand(n, k, c, generator=gen, dtype=torch.float64) + 0.5,
-               normal(groups, r, 1, scale=r ** -0.5),
-               normal(hidden, k * k, scale=1 / (k * groups)), normal(hidden, scale=0.1),
-               normal(k, hidden, scale=hidden ** -0.5), normal(k, scale=0.1)]
-    return [t.to(device, dtype).requires_grad_() for t in tensors]
 
 
 def op():
