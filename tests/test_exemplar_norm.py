@@ -221,3 +221,21 @@ def test_switchable_norm_equals_reference_and_loads_batchnorm(training):
     x = torch.randn(3, 16, 4, 6, dtype=torch.float64) * 2 - 1
     expected = switchable_norm(x, layer, use_running_bn=not training)
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('cls', [ExemplarNorm2d, SwitchableNorm2d])
+def test_non_finite_image_leaves_running_statistics_finite(cls):
+    layer = cls(8).train()
+    x = torch.randn(4, 8, 5, 5)
+    layer(x)  # one clean batch moves the running statistics
+    mean, var = layer.running_mean.clone(), layer.running_var.clone()
+    x[2, 3, 1, 1] = float('nan')
+    x[1, 5, 0, 0] = float('inf')
+    layer(x)
+    assert torch.isfinite(layer.running_mean).all() and torch.isfinite(layer.running_var).all()
+    # The channels the bad values touch keep their statistics; the others move on.
+    bad = torch.tensor([3, 5])
+    assert torch.equal(layer.running_mean[bad], mean[bad])
+    assert torch.equal(layer.running_var[bad], var[bad])
+    good = torch.tensor([0, 1, 2, 4, 6, 7])
+    assert not torch.equal(layer.running_mean[good], mean[good])

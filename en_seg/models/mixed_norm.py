@@ -133,8 +133,13 @@ class _MixedNorm(nn.Module):
         # BatchNorm2d stores the unbiased variance; with a single value per channel it is
         # undefined, and we keep the biased one (0) rather than an infinity.
         unbiased = var * (count / (count - 1)) if count > 1 else var
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        # A channel whose batch statistic is not finite (one NaN or Inf anywhere in the
+        # batch makes it so) keeps its running statistics: the batch's outputs are lost,
+        # the model's state is not. torch.where decides on the device, without a sync.
+        finite = torch.isfinite(mean) & torch.isfinite(unbiased)
+        for running, batch in ((self.running_mean, mean), (self.running_var, unbiased)):
+            running.copy_(torch.where(finite, running.lerp(batch.to(running.dtype), factor),
+                                      running))
 
     def forward(self, x: Tensor) -> Tensor:
         """y = scale * (x - pooled) + shift per (n, c), the layer's output as one affine
