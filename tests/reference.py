@@ -1,4 +1,4 @@
-"""Independent references written from the papers (EN_SPEC.md), and the inputs the
+"""Independent references written from the papers (docs/method.md), and the inputs the
 tests feed them, for the tests only.
 
 They materialise the K normalized maps literally and take every statistic directly from

@@ -1,4 +1,4 @@
-"""The ratio analysis (issue 5): collection, class weighting, figures, training hook, CLI.
+"""The ratio analysis: collection, class weighting, figures, training hook, CLI.
 
 Known ratios come from the ratio branch itself: with ``ratio_fc2.weight`` zero the last
 layer outputs its bias whatever the input, so every image's λ is softmax(bias).
@@ -384,7 +384,7 @@ def test_collect_command_on_an_mmseg_checkpoint_reports_the_known_ratios(tmp_pat
 
 
 def test_collect_command_rejects_a_batchnorm_checkpoint(tmp_path):
-    """EN loads BatchNorm weights (EN_SPEC.md), so only the missing ratio branch tells."""
+    """EN loads BatchNorm weights (docs/method.md#loading-a-batchnorm-checkpoint), so only the missing ratio branch tells."""
     pytest.importorskip('mmseg')
     write_dataset(tmp_path / 'data')
     config = write_config(tmp_path)

@@ -1,4 +1,4 @@
-"""ExemplarNorm2d against the paper (EN_SPEC.md) and against nn.BatchNorm2d."""
+"""ExemplarNorm2d against the paper (docs/method.md) and against nn.BatchNorm2d."""
 import pytest
 import torch
 from torch import nn

@@ -1,5 +1,5 @@
 """The fused statistics / apply ops (en_seg.ops.fused_norm, csrc/moments_apply*.cpp,
-csrc/cuda/moments_apply*) and the EN / SN layers that use them (EN_SPEC.md "Output").
+csrc/cuda/moments_apply*) and the EN / SN layers that use them (docs/method.md#output).
 
 The oracles are float64 PyTorch formulas written here, the layers' pure-PyTorch path
 (``norm_impl='reference'``) and the literal K-map reference of tests/reference.py.

@@ -1,4 +1,4 @@
-"""The compiled ratio op ``en_seg::exemplar_ratios`` (EN_SPEC.md "Ratio branch" steps 2-6,
+"""The compiled ratio op ``en_seg::exemplar_ratios`` (docs/method.md#ratio-branch, steps 2-6,
 paper Sec. 3.3) against the pure-PyTorch reference, its registration for autograd and
 torch.compile, its build, and ExemplarNorm2d's use of it."""
 import copy
@@ -109,7 +109,7 @@ def saved_layout(k, c, r):
 @pytest.mark.parametrize('n, k, c, r', CASES[:4])
 def test_activations_hold_every_sample_s_ratios_gram_hidden_units_z_and_centred_stats(
         n, k, c, r, dtype):
-    # From EN_SPEC.md "Ratio branch" steps 2-6, written here independently of the kernels.
+    # From docs/method.md#ratio-branch, steps 2-6, written here independently of the kernels.
     pooled, means, rstds, conv_w, fc1_w, fc1_b, *_ = inputs = ratio_inputs(n, k, c, r, dtype)
     centred = pooled[:, None] - means
     z = (centred * rstds).reshape(n, k, c // r, r).mul(conv_w.reshape(c // r, r)).sum(-1)

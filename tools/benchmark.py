@@ -1,7 +1,7 @@
 """Speed benchmarks of en-seg, one subcommand per benchmark, each printing a Markdown table.
 
-``ratio`` times forward + backward of the ratio branch (EN_SPEC.md "Ratio branch" steps
-2-6, paper Sec. 3.3) by the compiled op ``torch.ops.en_seg.exemplar_ratios`` and by the
+``ratio`` times forward + backward of the ratio branch (docs/method.md#ratio-branch,
+steps 2-6, paper Sec. 3.3) by the compiled op ``torch.ops.en_seg.exemplar_ratios`` and by the
 pure-PyTorch reference, through the dispatch ExemplarNorm2d uses, for N in {2, 16, 64},
 C in {64, 256, 2048}, K = 3 (IN, LN, BN), r = min(32, C), π = 50. The table in
 docs/benchmark_ratio.md comes from::

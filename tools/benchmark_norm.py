@@ -1,5 +1,5 @@
 """The ``layer`` and ``model`` subcommands of tools/benchmark.py: what swapping BatchNorm for
-Exemplar Normalization costs in time and memory (issue 4).
+Exemplar Normalization costs in time and memory.
 
 ``layer``: one forward + backward (gradients of the input and every parameter) of BN
 (``nn.BatchNorm2d``, cuDNN's on a GPU), GN(32), SN, EN, EN on its pure-PyTorch path and the
@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / 'docs' / 'benchmark_layer_model.md'
 LAYER_SHAPES = ((2, 256, 128, 128), (2, 512, 64, 64), (2, 2048, 64, 64), (16, 64, 56, 56))
 DEEPLAB_CONFIG = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb4-80k_ade20k-512x512.py'
-# Targets of issue 4, as ratios to BatchNorm.
+# The project's targets, as ratios to BatchNorm: (time, peak memory).
 LAYER_TARGETS = {'cpu': (1.5, 1.2), 'cuda': (1.3, None)}
 MODEL_TARGETS = (1.15, 1.1)
 MIB = 2.0 ** 20
@@ -81,7 +81,8 @@ def add_subcommands(commands, median_us: Callable[[str, dict, argparse.Namespace
     layer = commands.add_parser(
         'layer', help='EN vs BN, GN, SN and the literal EN: one layer, forward + backward')
     layer.add_argument('--shapes', nargs='+', type=_shape, default=LAYER_SHAPES,
-                       metavar='N,C,H,W', help="input shapes (default: issue 4's four)")
+                       metavar='N,C,H,W',
+                       help='input shapes (default: those of docs/benchmark_layer_model.md)')
     layer.add_argument('--variants', nargs='+', choices=tuple(LAYER_VARIANTS),
                        default=tuple(LAYER_VARIANTS),
                        help='layers to measure, BN and EN among them (default: all)')

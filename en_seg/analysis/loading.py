@@ -43,7 +43,7 @@ def init_segmentor(config: str, checkpoint: str, device: str = 'cpu',
     model = init_model(config, checkpoint=None, device='cpu', cfg_options=cfg_options)
     state = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     state = state.get('state_dict', state)
-    # EN layers load BatchNorm weights (EN_SPEC.md), keeping their initial ratio branch,
+    # EN layers load BatchNorm weights (docs/method.md#loading-a-batchnorm-checkpoint), keeping their initial ratio branch,
     # so the strict load alone does not notice a checkpoint without ratio branches.
     if not any(key.endswith('ratio_fc2.weight') for key in state):
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Exemplar Normalization (Zhang et al., CVPR 2020), EN_SPEC.md."""
+"""Exemplar Normalization (Zhang et al., CVPR 2020); docs/method.md."""
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch

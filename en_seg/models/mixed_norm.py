@@ -1,8 +1,7 @@
 """What every layer that mixes IN / LN / BN statistics shares.
 
 Input checks, the running statistics of the BN member (kept exactly like
-``torch.nn.BatchNorm2d``), the per-normalizer statistics of a batch (EN_SPEC.md,
-"Statistics"), the forward pass as one affine map per (n, c) (EN_SPEC.md, "Output"), fused
+``torch.nn.BatchNorm2d``), the per-normalizer statistics of a batch (docs/method.md#statistics), the forward pass as one affine map per (n, c) (docs/method.md#output), fused
 or in plain PyTorch, and the loading of plain BatchNorm checkpoints.
 """
 import warnings

@@ -1,6 +1,6 @@
 """The ratio branch F(X, Ω; Θ) of Exemplar Normalization in plain PyTorch.
 
-EN_SPEC.md, "Ratio branch", steps 2-6 (paper Sec. 3.3, Fig. 2, Eq. 4). This is the
+docs/method.md#ratio-branch, steps 2-6 (paper Sec. 3.3, Fig. 2, Eq. 4). This is the
 reference the compiled op is checked against, and the fallback where the op is not built.
 """
 import torch

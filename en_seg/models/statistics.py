@@ -1,6 +1,6 @@
 """Per-(n, c) moments and the IN / LN / BN statistics merged from them.
 
-EN_SPEC.md, "Statistics" (paper Sec. 3.1-3.3): every normalizer's mean and variance is
+docs/method.md#statistics (paper Sec. 3.1-3.3): every normalizer's mean and variance is
 an exact merge of the per-(n, c) biased moments, so the input is read once whatever the
 number of normalizers.
 """

@@ -16,7 +16,7 @@ class SwitchableNorm2d(_MixedNorm):
             w' = \mathrm{softmax}(\text{var\_weight})
 
     Statistics and running statistics are those of :class:`ExemplarNorm2d`
-    (EN_SPEC.md, "Switchable Normalization"), computed in float32 or better.
+    (docs/method.md#switchable-normalization), computed in float32 or better.
 
     Args:
         num_features: C from an expected input of size (N, C, H, W).

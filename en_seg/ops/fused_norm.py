@@ -1,6 +1,6 @@
 """Fused statistics and affine apply of the mixed normalization layers (EN, SN).
 
-EN_SPEC.md "Statistics" and "Output" (paper Sec. 3.1-3.3, Eq. 3). A mixed layer's output is
+docs/method.md#statistics and #output (paper Sec. 3.1-3.3, Eq. 3). A mixed layer's output is
 an affine map of X per (n, c), ``y = scale * (x - mean) + shift``, whose (N, C)
 coefficients are a small differentiable function of the per-(n, c) moments (merging them
 into IN / LN / BN statistics, the ratio branch, γ and β). Four compiled ops
@@ -51,7 +51,7 @@ def channel_affine_norm(x: Tensor, coefficients: Coefficients) -> Tensor:
     """Normalize x by an affine map per (n, c) computed from its per-(n, c) moments.
 
     ``mean, var = channel_moments(x)``; ``scale, shift = coefficients(mean, var)``;
-    returns ``scale * (x - mean) + shift`` (paper Eq. 3 folded as in EN_SPEC.md "Output").
+    returns ``scale * (x - mean) + shift`` (paper Eq. 3 folded as in docs/method.md#output).
 
     Gradients flow through the moments into x and through ``coefficients`` (any
     differentiable PyTorch code, e.g. the ratio branch, γ, β) into whatever it uses, by

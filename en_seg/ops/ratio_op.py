@@ -1,6 +1,6 @@
 """The compiled ratio op ``torch.ops.en_seg.exemplar_ratios`` and the dispatch to it.
 
-EN_SPEC.md, "Ratio branch", steps 2-6 (paper Sec. 3.3, Fig. 2, Eq. 4). The op is declared
+docs/method.md#ratio-branch, steps 2-6 (paper Sec. 3.3, Fig. 2, Eq. 4). The op is declared
 in C++ (csrc/module.cpp) with CPU and CUDA kernels; this module registers its fake kernel,
 so that ``torch.compile`` traces it without a graph break, and its autograd formula (the
 op ``en_seg::exemplar_ratios_backward``). Where the extension is not built, the pure-PyTorch
@@ -81,7 +81,7 @@ def check_ratio_impl(impl: str) -> str:
 def exemplar_ratios(pooled: Tensor, means: Tensor, rstds: Tensor, conv_weight: Tensor,
                     fc1_weight: Tensor, fc1_bias: Tensor, fc2_weight: Tensor,
                     fc2_bias: Tensor, impl: str = 'op') -> Tensor:
-    """Per-sample ratios λ of K normalizers (EN_SPEC.md "Ratio branch" steps 2-6, paper
+    """Per-sample ratios λ of K normalizers (docs/method.md#ratio-branch, steps 2-6, paper
     Sec. 3.3, Eq. 4), by the compiled op or the pure-PyTorch reference.
 
     Args:

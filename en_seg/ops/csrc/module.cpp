@@ -18,7 +18,7 @@ TORCH_LIBRARY(en_seg, m) {
   // Tells a user of torch.ops.en_seg.exemplar_ratios without its fake kernel which Python
   // module registers it.
   m.set_python_module("en_seg.ops.ratio_op");
-  // EN_SPEC.md "Ratio branch" steps 2-6: ratios λ (N, K) from pooled (N, C), means and
+  // docs/method.md#ratio-branch, steps 2-6: ratios λ (N, K) from pooled (N, C), means and
   // rstds (N, K, C), conv_w (C / r, r, 1), fc1_w (P, K * K), fc1_b (P), fc2_w (K, P),
   // fc2_b (K). Also returns activations (N, K + K * K + P + K * C / r + K * C), not
   // differentiable: every sample's λ, v = zᵀ z, h, z and p - μ_k, what the backward needs

@@ -1,5 +1,5 @@
 // Schemas and argument checks of the fused statistics / apply ops of mixed normalization
-// layers (EN_SPEC.md "Statistics" and "Output"; paper Sec. 3.1-3.3, Eq. 3).
+// layers (docs/method.md#statistics and #output; paper Sec. 3.1-3.3, Eq. 3).
 //
 // Exemplar (and Switchable) Normalization output is an affine map of X per (n, c),
 //   y = scale_nc * (x - center_nc) + shift_nc,

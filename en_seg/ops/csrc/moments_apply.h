@@ -25,7 +25,7 @@ at::Tensor match_activation(const char* op, const char* name, const at::Tensor& 
                             const Activation& x);
 
 // The dtype of statistics and coefficients for an activation dtype: float64 for float64,
-// float32 otherwise (EN_SPEC.md: statistics in float32 also for half precision).
+// float32 otherwise (docs/method.md#precision).
 at::ScalarType stats_dtype(at::ScalarType activation_dtype);
 
 // Checks an (N, C) per-(n, c) coefficient: that shape, stats_dtype(x) and x's device.
