@@ -26,8 +26,22 @@ case $DATASET in
   *) echo "DATASET must be ade20k or cityscapes, got '$DATASET'" >&2; exit 2 ;;
 esac
 
+# Each step's full output goes to $work/logs/<step>.log; the terminal gets progress, the
+# metrics table and the paths of what was written (a failing step prints its log's end).
+logs=$work/logs
+logged() {  # NAME COMMAND...
+  local name=$1
+  shift
+  if ! "$@" >"$logs/$name.log" 2>&1; then
+    echo "'$name' failed; the end of $logs/$name.log:" >&2
+    tail -n 40 "$logs/$name.log" >&2
+    exit 1
+  fi
+}
+
 echo "== 1/4 writing a small $DATASET-layout dataset to $data"
 rm -rf "$data" "$work"
+mkdir -p "$logs"
 "$PYTHON" tools/make_demo_data.py "$DATASET" "$data"
 
 # The paper's config shrunk to CPU size. Pipeline indices: train 2 = RandomResize,
@@ -52,18 +66,26 @@ train_only=(
 
 echo "== 2/4 training EN DeepLabV3 R50-D8 for $ITERS iterations on $PROCS process(es)"
 if [ "$PROCS" -gt 1 ]; then
-  PYTHON=$PYTHON bash tools/dist_train.sh "$config" "$PROCS" --work-dir "$work" \
-    --cfg-options "${common[@]}" "${train_only[@]}"
+  train=(env PYTHON="$PYTHON" bash tools/dist_train.sh "$config" "$PROCS")
 else
-  "$PYTHON" tools/train.py "$config" --work-dir "$work" \
-    --cfg-options "${common[@]}" "${train_only[@]}"
+  train=("$PYTHON" tools/train.py "$config")
 fi
+# The log keeps every line; the terminal shows mmengine's iteration lines, shortened.
+"${train[@]}" --work-dir "$work" --cfg-options "${common[@]}" "${train_only[@]}" 2>&1 |
+  tee "$logs/train.log" |
+  sed -nu 's/.*\(Iter(train) \[ *[0-9]*\/[0-9]*\]\).*  loss: \([0-9.]*\).*/   \1  loss \2/p' ||
+  { echo "training failed; the end of $logs/train.log:" >&2; tail -n 40 "$logs/train.log" >&2
+    exit 1; }
 
 echo "== 3/4 evaluating $work/iter_$ITERS.pth single-scale and multi-scale + flip"
-"$PYTHON" tools/test.py "$config" "$work/iter_$ITERS.pth" --ss-ms --work-dir "$work/test" \
-  --out "$work/predictions" --show-dir "$work/painted" --cfg-options "${common[@]}"
+logged test "$PYTHON" tools/test.py "$config" "$work/iter_$ITERS.pth" --ss-ms \
+  --work-dir "$work/test" --out "$work/predictions" --show-dir "$work/painted" \
+  --cfg-options "${common[@]}"
+# The table tools/test.py prints last, and its note on absent classes.
+grep -B1 -A10000 '^| metric (%)' "$logs/test.log"
 
 echo "== 4/4 reading the ratios the EN layers learned (figures in $work/ratios)"
-"$PYTHON" tools/analyze_ratios.py collect "$config" "$work/iter_$ITERS.pth" --split test \
-  --out "$work/ratios" \
-  --cfg-options "${common[@]}"
+logged ratios "$PYTHON" tools/analyze_ratios.py collect "$config" "$work/iter_$ITERS.pth" \
+  --split test --out "$work/ratios" --cfg-options "${common[@]}"
+grep -E '^[a-z_]+: ' "$logs/ratios.log" || true
+echo "Done. Full logs: $logs; predictions: $work/predictions; painted: $work/painted"
