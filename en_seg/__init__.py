@@ -21,10 +21,10 @@ __all__ = ['ExemplarNorm2d', 'SwitchableNorm2d', '__version__']
 
 if find_spec('mmengine') is not None:
     from . import checkpoint, registry  # noqa: F401  (registration on import)
-    from .analysis.hook import ENRatioLoggerHook
+    from .engine.hooks import ENRatioLoggerHook
     checkpoint.register()
     __all__ += ['ENRatioLoggerHook']
 
 if find_spec('mmseg') is not None:
-    from .evaluation import PerClassIoUMetric
+    from .evaluation.metrics import PerClassIoUMetric
     __all__ += ['PerClassIoUMetric']

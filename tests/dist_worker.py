@@ -8,7 +8,7 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.registry import MODEL_WRAPPERS
 
-from en_seg.engine import prepare_launch
+from en_seg.utils.launch import prepare_launch
 from en_seg.models import ExemplarNorm2d
 
 

@@ -18,14 +18,13 @@ from mmengine.runner import Runner
 from PIL import Image
 from torch import nn
 
-from en_seg.analysis.hook import ENRatioLoggerHook
-from en_seg.analysis.recorder import RatioRecorder
+from en_seg.analysis.figures import tsne_embedding
+from en_seg.analysis.ratio_table import (RatioTable, class_pixel_shares, class_weighted_means,
+                                         dominant_classes)
+from en_seg.analysis.recording import RatioRecorder
 from en_seg.analysis.report import (choose_classes, choose_images, write_dynamics_report,
                                     write_report)
-from en_seg.analysis.table import RatioTable
-from en_seg.analysis.tsne import tsne_embedding
-from en_seg.analysis.weighting import (class_pixel_shares, class_weighted_means,
-                                       dominant_classes)
+from en_seg.engine.hooks import ENRatioLoggerHook
 from en_seg.models import ExemplarNorm2d
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -384,7 +383,8 @@ def test_collect_command_on_an_mmseg_checkpoint_reports_the_known_ratios(tmp_pat
 
 
 def test_collect_command_rejects_a_batchnorm_checkpoint(tmp_path):
-    """EN loads BatchNorm weights (docs/method.md#loading-a-batchnorm-checkpoint), so only the missing ratio branch tells."""
+    """EN loads BatchNorm weights (docs/method.md#loading-a-batchnorm-checkpoint), so only
+    the missing ratio branch tells."""
     pytest.importorskip('mmseg')
     write_dataset(tmp_path / 'data')
     config = write_config(tmp_path)

@@ -20,8 +20,8 @@ from mmengine.runner import Runner, load_checkpoint
 from mmseg.apis import MMSegInferencer, inference_model, init_model
 
 from en_seg.checkpoint import CheckpointError
-from en_seg.datasets import write_ade20k_layout
-from en_seg.engine import add_run_arguments, load_run_config
+from en_seg.utils.synthetic_data import write_ade20k_layout
+from en_seg.utils.run_config import add_run_arguments, load_run_config
 from malicious import marker_of, write_corpus
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

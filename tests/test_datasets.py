@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from mmseg.datasets import ADE20KDataset, CityscapesDataset
 
-from en_seg.datasets import write_ade20k_layout, write_cityscapes_layout
+from en_seg.utils.synthetic_data import write_ade20k_layout, write_cityscapes_layout
 
 # Scoped type: without mmseg's default scope the name would resolve to mmcv's transform.
 PIPELINE = [dict(type='LoadImageFromFile'), dict(type='mmseg.LoadAnnotations')]

@@ -239,3 +239,49 @@ def test_non_finite_image_leaves_running_statistics_finite(cls):
     assert torch.equal(layer.running_var[bad], var[bad])
     good = torch.tensor([0, 1, 2, 4, 6, 7])
     assert not torch.equal(layer.running_mean[good], mean[good])
+
+
+@pytest.mark.parametrize('cls', [ExemplarNorm2d, SwitchableNorm2d])
+@pytest.mark.parametrize('dtype', [None, torch.float64])
+def test_factory_kwargs_place_parameters_and_running_stats(cls, dtype):
+    layer = cls(8, 1e-5, 0.1, device='meta', dtype=dtype)
+    tensors = dict(layer.named_parameters())
+    tensors.update(running_mean=layer.running_mean, running_var=layer.running_var)
+    expected = dtype or torch.get_default_dtype()
+    assert all(t.device.type == 'meta' and t.dtype == expected for t in tensors.values())
+    assert layer.num_batches_tracked.device.type == 'meta'
+    assert layer.num_batches_tracked.dtype == torch.int64
+
+
+@pytest.mark.parametrize('cls', [ExemplarNorm2d, SwitchableNorm2d])
+def test_float64_factory_kwarg_builds_a_float64_layer(cls):
+    layer = cls(8, dtype=torch.float64).train()
+    assert all(p.dtype == torch.float64 for p in layer.parameters())
+    assert layer.running_mean.dtype == layer.running_var.dtype == torch.float64
+    assert layer.num_batches_tracked.dtype == torch.int64
+    torch.manual_seed(0)
+    reference = cls(8).double().train()
+    x = torch.randn(3, 8, 4, 5, dtype=torch.float64)
+    y = layer(x)
+    assert y.dtype == torch.float64
+    layer.load_state_dict(reference.state_dict())  # same function as a converted layer
+    torch.testing.assert_close(layer(x), reference(x), rtol=0, atol=0)
+    assert int(layer.num_batches_tracked) == int(reference.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize('cls', [ExemplarNorm2d, SwitchableNorm2d])
+def test_arguments_after_momentum_are_keyword_only(cls):
+    with pytest.raises(TypeError):
+        cls(8, 1e-5, 0.1, False)
+    layer = cls(8, 1e-3, None, track_running_stats=False)
+    assert (layer.eps, layer.momentum, layer.track_running_stats) == (1e-3, None, False)
+
+
+@pytest.mark.parametrize('cls', [ExemplarNorm2d, SwitchableNorm2d])
+def test_docstring_examples_run(cls):
+    import doctest
+    runner = doctest.DocTestRunner()
+    for test in doctest.DocTestFinder(recurse=False).find(cls, cls.__name__, globs={}):
+        runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.attempted > 0 and results.failed == 0

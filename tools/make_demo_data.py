@@ -6,7 +6,7 @@ Example::
 """
 import argparse
 
-from en_seg.datasets import write_ade20k_layout, write_cityscapes_layout
+from en_seg.utils.synthetic_data import write_ade20k_layout, write_cityscapes_layout
 
 WRITERS = {'ade20k': write_ade20k_layout, 'cityscapes': write_cityscapes_layout}
 

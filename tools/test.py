@@ -19,7 +19,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from en_seg.checkpoint import CheckpointError
-from en_seg.engine import add_run_arguments, load_run_config, prepare_launch
+from en_seg.utils.launch import prepare_launch
+from en_seg.utils.run_config import add_run_arguments, load_run_config
 from en_seg.evaluation import format_metrics_table
 
 

@@ -1,4 +1,5 @@
-# The paper's segmentation setting (paper Sec. 4.4; docs/method.md#paper-settings) with the synchronized baseline:
+# The paper's segmentation setting (paper Sec. 4.4; docs/method.md#paper-settings) with
+# the synchronized baseline:
 # DeepLabV3 ResNet50-D8 (output stride 8), 8 GPUs x 2 images, poly LR from 0.01, 80k iters.
 # Table 6 row "SyncBN"; the GN, SN and EN configs inherit this file and swap the norm.
 _base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py'

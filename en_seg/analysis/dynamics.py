@@ -1,13 +1,32 @@
-"""Read the ratios that ``ENRatioLoggerHook`` logged during training (paper Fig. 5)."""
+"""The scalars ``ENRatioLoggerHook`` logs during training, and reading them back (paper Fig. 5)."""
 import glob
 import json
 import os.path as osp
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .hook import parse_ratio_scalar_key
+#: First part of every scalar the hook logs: ``en_ratio/<layer>/<normalizer>``.
+SCALAR_PREFIX = 'en_ratio'
+
+
+def ratio_scalar_key(layer: str, normalizer: str) -> str:
+    """The scalar name of one layer's mean ratio of one normalizer, e.g.
+    ``'en_ratio/backbone.layer1.0.bn1/BN'`` (module names never contain '/')."""
+    return f'{SCALAR_PREFIX}/{layer}/{normalizer}'
+
+
+def parse_ratio_scalar_key(key: str) -> Optional[Tuple[str, str]]:
+    """``(layer, normalizer)`` of a scalar name written by :func:`ratio_scalar_key`,
+    with or without the ``train/`` prefix of ``log_processor.log_with_hierarchy``;
+    ``None`` for any other scalar."""
+    parts = key.split('/')
+    if parts[0] == 'train':
+        parts = parts[1:]
+    if len(parts) != 3 or parts[0] != SCALAR_PREFIX:
+        return None
+    return parts[1], parts[2]
 
 
 @dataclass(frozen=True)

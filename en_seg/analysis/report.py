@@ -8,10 +8,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .dynamics import find_scalar_logs, read_ratio_dynamics
-from .plots import (plot_class_means, plot_dynamics, plot_image_ratios, plot_layer_means,
-                    plot_tsne, save_figure)
-from .table import RatioTable, write_ratio_csv, write_share_csv
-from .tsne import tsne_embedding
+from .figures import (plot_class_means, plot_dynamics, plot_image_ratios, plot_layer_means,
+                      plot_tsne, save_figure, tsne_embedding)
+from .ratio_table import RatioTable, write_ratio_csv, write_share_csv
 
 #: Classes and images the figures show when none are chosen.
 DEFAULT_COUNT = 4
@@ -168,7 +167,7 @@ def write_report(table: RatioTable, out_dir: str, classes: Optional[Sequence[str
 
 
 def write_dynamics_report(work_dir: str, out_dir: str) -> Dict[str, List[str]]:
-    """Plot the ratios :class:`~en_seg.analysis.hook.ENRatioLoggerHook` logged during
+    """Plot the ratios :class:`~en_seg.engine.hooks.ENRatioLoggerHook` logged during
     the training runs in ``work_dir`` (paper Fig. 5) to ``out_dir/dynamics.{png,svg}``.
 
     Raises:

@@ -1,5 +1,5 @@
-"""Run-time glue between our tools and mmengine's Runner."""
-from .config import add_run_arguments, load_run_config
-from .launch import prepare_launch
+"""mmengine extensions, today the hooks of :mod:`.hooks`; may import mmengine,
+:mod:`en_seg.models` and :mod:`en_seg.analysis`, never mmseg or the tools' CLI glue."""
+from .hooks import ENRatioLoggerHook
 
-__all__ = ['add_run_arguments', 'load_run_config', 'prepare_launch']
+__all__ = ['ENRatioLoggerHook']

@@ -18,27 +18,29 @@ class ExemplarNorm2d(_MixedNorm):
         y_n = \sum_k \gamma_k \lambda_{nk} \frac{x_n - \mu^k}{\sqrt{\sigma^{2,k} + \epsilon}}
               + \beta_k
 
-    The sum is folded into one affine map per (n, c), ``y = A * x + B``, so X is read once
-    for statistics and once for the output, as in BatchNorm, and the backward is one
-    reduction and one elementwise pass over X (``norm_impl='fused'``); no K normalized
+    The sum is folded into one affine map per (n, c), ``y = A * x + B``, computed with
+    BatchNorm's memory passes over X (:mod:`en_seg.ops.fused_norm`); no K normalized
     copies of X are made. Statistics, ratios, A and B are float32 (or float64 for a
     float64 input), also under autocast; y has the input's dtype. Gradients flow through
     the statistics and the ratio branch. The BN member keeps ``running_mean`` /
     ``running_var`` exactly like ``nn.BatchNorm2d`` and uses them in evaluation, in the
     ratio branch too.
 
+    ``num_features, eps, momentum`` may be passed by position, as for ``nn.BatchNorm2d``;
+    every other argument is keyword-only.
+
     Args:
         num_features: C from an expected input of size (N, C, H, W).
         eps: added to every variance. Default: 1e-5.
         momentum: running-statistics momentum; ``None`` for a cumulative average.
             Default: 0.1.
+        track_running_stats: keep running statistics for evaluation. Default: True.
         normalizers: the pool of K distinct names from ('IN', 'LN', 'BN').
             Default: ('IN', 'LN', 'BN').
         reduction: r, channels per group of the ratio branch's grouped convolution, which
             maps C to C / r channels with exactly C weights; ``min(r, C)`` is used.
             Default: 32 (the paper's ResNet50 value).
         pi: π, the hidden width of the ratio branch is π·K. Default: 50.
-        track_running_stats: keep running statistics for evaluation. Default: True.
         ratio_impl: how the ratio branch runs: ``'op'``, the compiled op
             ``torch.ops.en_seg.exemplar_ratios`` (falls back, with one warning, to the
             reference where the extension is not built), or ``'reference'``, the
@@ -48,6 +50,10 @@ class ExemplarNorm2d(_MixedNorm):
             :mod:`en_seg.ops.fused_norm` (falls back, with one warning, to the reference
             where the extension is not built), or ``'reference'``, plain PyTorch. Both
             compute the same function. Default: 'fused'.
+        device, dtype: where and in which floating-point dtype the parameters (ratio
+            branch included) and running statistics are created, as for
+            ``nn.BatchNorm2d``; ``num_batches_tracked`` is always int64. Default: None
+            (torch's defaults: CPU, the default dtype).
 
     Attributes:
         weight: γ, (K, C), initialised to 1.   bias: β, (K, C), initialised to 0.
@@ -63,9 +69,26 @@ class ExemplarNorm2d(_MixedNorm):
 
     Raises:
         ValueError: at construction, for C not divisible by r, a bad pool, non-positive
-            sizes or an unknown ``ratio_impl``; in forward, for an input that is not 4-D,
-            has other than ``num_features`` channels, or is empty.
-        TypeError: in forward, for an integer or boolean input.
+            sizes, an unknown ``ratio_impl`` or ``norm_impl``; in forward, for an input
+            that is not 4-D, has other than ``num_features`` channels, or is empty.
+        TypeError: at construction, for an argument after ``momentum`` passed by
+            position; in forward, for an integer or boolean input.
+
+    Examples::
+
+        >>> import torch
+        >>> from en_seg.models import ExemplarNorm2d
+        >>> layer = ExemplarNorm2d(64, reduction=16)
+        >>> layer.weight.shape, layer.ratio_conv.weight.shape  # γ is (K, C); C / r groups
+        (torch.Size([3, 64]), torch.Size([4, 16, 1]))
+        >>> x = torch.randn(2, 64, 8, 8)
+        >>> layer(x).shape
+        torch.Size([2, 64, 8, 8])
+        >>> layer.last_ratios  # every ratio starts at 1/K
+        tensor([[0.3333, 0.3333, 0.3333],
+                [0.3333, 0.3333, 0.3333]])
+        >>> ExemplarNorm2d(16, normalizers=('IN', 'BN'), reduction=8).weight.shape
+        torch.Size([2, 16])
 
     A plain BatchNorm state dict loads: its (C,) weight becomes every γ_k and its bias is
     split evenly, β_k = β / K, so the layer starts as the BatchNorm it replaces up to the
@@ -76,18 +99,25 @@ class ExemplarNorm2d(_MixedNorm):
     # ImageNet-pretrained BatchNorm checkpoints.
     _abbr_ = 'bn'
 
+    _repr_options = ('reduction', 'pi', 'ratio_impl')
+
     def __init__(self,
                  num_features: int,
                  eps: float = 1e-5,
                  momentum: Optional[float] = 0.1,
+                 *,
+                 track_running_stats: bool = True,
                  normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
                  reduction: int = 32,
                  pi: int = 50,
-                 track_running_stats: bool = True,
                  ratio_impl: str = 'op',
-                 norm_impl: str = 'fused') -> None:
-        super().__init__(num_features, eps, momentum, track_running_stats, normalizers,
-                         norm_impl)
+                 norm_impl: str = 'fused',
+                 device=None,
+                 dtype=None) -> None:
+        factory_kwargs = {'device': device, 'dtype': dtype}
+        super().__init__(num_features=num_features, eps=eps, momentum=momentum,
+                         track_running_stats=track_running_stats, normalizers=normalizers,
+                         norm_impl=norm_impl, **factory_kwargs)
         if reduction <= 0 or pi <= 0:
             raise ValueError(f'reduction and pi must be positive, got reduction={reduction},'
                              f' pi={pi}')
@@ -100,14 +130,16 @@ class ExemplarNorm2d(_MixedNorm):
         self.pi = pi
         self.ratio_impl = check_ratio_impl(ratio_impl)
         k = self.num_normalizers
-        self.weight = nn.Parameter(torch.empty(k, num_features))
-        self.bias = nn.Parameter(torch.empty(k, num_features))
         groups = num_features // self.reduction
-        self.ratio_conv = nn.Conv1d(num_features, groups, 1, groups=groups, bias=False)
-        self.ratio_fc1 = nn.Linear(k * k, pi * k)
-        self.ratio_fc2 = nn.Linear(pi * k, k)
+        self.ratio_conv = nn.Conv1d(num_features, groups, 1, groups=groups, bias=False,
+                                    **factory_kwargs)
+        self.ratio_fc1 = nn.Linear(k * k, pi * k, **factory_kwargs)
+        self.ratio_fc2 = nn.Linear(pi * k, k, **factory_kwargs)
         self.last_ratios: Optional[Tensor] = None
         self.reset_parameters()
+
+    def _affine_shape(self) -> Tuple[int, ...]:
+        return (self.num_normalizers, self.num_features)
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -145,9 +177,3 @@ class ExemplarNorm2d(_MixedNorm):
         if bias is not None:
             own['bias'] = (bias / k).unsqueeze(0).repeat(k, 1)
         return own
-
-    def extra_repr(self) -> str:
-        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
-                f'normalizers={self.normalizers}, reduction={self.reduction}, pi={self.pi}, '
-                f'track_running_stats={self.track_running_stats}, '
-                f'ratio_impl={self.ratio_impl!r}, norm_impl={self.norm_impl!r}')

@@ -1,8 +1,10 @@
 """What every layer that mixes IN / LN / BN statistics shares.
 
-Input checks, the running statistics of the BN member (kept exactly like
-``torch.nn.BatchNorm2d``), the per-normalizer statistics of a batch (docs/method.md#statistics), the forward pass as one affine map per (n, c) (docs/method.md#output), fused
-or in plain PyTorch, and the loading of plain BatchNorm checkpoints.
+Input checks, the running statistics of the BN member (kept like ``torch.nn.BatchNorm2d``,
+docs/method.md#running-statistics), the per-normalizer statistics of a batch
+(docs/method.md#statistics), the forward pass as one affine map per (n, c)
+(docs/method.md#output), fused or in plain PyTorch, and the loading of plain BatchNorm
+checkpoints.
 """
 import warnings
 from typing import Dict, Optional, Sequence, Tuple
@@ -39,6 +41,9 @@ def _fused_kernels_for(x: Tensor, layer: str) -> bool:
 class _MixedNorm(nn.Module):
     """Base of :class:`ExemplarNorm2d` and :class:`SwitchableNorm2d`.
 
+    ``num_features, eps, momentum`` may be passed by position, as for ``nn.BatchNorm2d``;
+    everything after them is keyword-only.
+
     Args:
         num_features: C, the channel count of the (N, C, H, W) input.
         eps: added to every variance before the square root. Default: 1e-5.
@@ -48,27 +53,40 @@ class _MixedNorm(nn.Module):
             ``nn.BatchNorm2d`` does. Default: True.
         normalizers: the pool, a sequence of distinct names from ('IN', 'LN', 'BN').
             Default: ('IN', 'LN', 'BN').
-        norm_impl: ``'fused'``: the compiled ops of :mod:`en_seg.ops.fused_norm` (one read
-            of X for the moments, one read and write for Y; backward one reduction and one
-            elementwise pass), falling back, with one warning, to the reference where the
+        norm_impl: ``'fused'``: the compiled ops of :mod:`en_seg.ops.fused_norm`, falling
+            back, with one warning, to the reference where the
             extension is not built; ``'reference'``: plain PyTorch. Both compute the same
             function. Default: 'fused'.
+        device, dtype: where and in which floating-point dtype the parameters and the
+            running statistics are created, as for torch's layers; ``num_batches_tracked``
+            is always int64. Default: None (torch's defaults).
 
-    Subclasses define :meth:`_affine_coefficients`, the (N, C) map from the per-(n, c)
-    moments to the output's scale and shift.
+    The base creates ``weight`` and ``bias`` of shape :meth:`_affine_shape` (left
+    uninitialised: subclasses call their ``reset_parameters``) and the running
+    statistics. Subclasses define :meth:`_affine_shape`, :meth:`_affine_coefficients`,
+    the (N, C) map from the per-(n, c) moments to the output's scale and shift, and
+    :attr:`_repr_options`, their own ``extra_repr`` entries.
 
     Raises:
         ValueError: non-positive ``num_features``, ``eps``, a bad ``normalizers`` pool or a
             ``norm_impl`` not in :data:`NORM_IMPLS`.
     """
 
+    #: Attributes that :meth:`extra_repr` shows after ``track_running_stats`` and
+    #: ``normalizers`` and before ``norm_impl``, in the constructor's order.
+    _repr_options: Tuple[str, ...] = ()
+
     def __init__(self,
                  num_features: int,
                  eps: float = 1e-5,
                  momentum: Optional[float] = 0.1,
+                 *,
                  track_running_stats: bool = True,
                  normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
-                 norm_impl: str = 'fused') -> None:
+                 norm_impl: str = 'fused',
+                 device=None,
+                 dtype=None) -> None:
+        factory_kwargs = {'device': device, 'dtype': dtype}
         super().__init__()
         if not isinstance(num_features, int) or num_features <= 0:
             raise ValueError(f'num_features must be a positive int, got {num_features!r}')
@@ -82,14 +100,28 @@ class _MixedNorm(nn.Module):
         if norm_impl not in NORM_IMPLS:
             raise ValueError(f'norm_impl must be one of {NORM_IMPLS}, got {norm_impl!r}')
         self.norm_impl = norm_impl
+        shape = self._affine_shape()
+        self.weight = nn.Parameter(torch.empty(shape, **factory_kwargs))
+        self.bias = nn.Parameter(torch.empty(shape, **factory_kwargs))
         if track_running_stats:
-            self.register_buffer('running_mean', torch.zeros(num_features))
-            self.register_buffer('running_var', torch.ones(num_features))
-            self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
+            self.register_buffer('running_mean', torch.zeros(num_features, **factory_kwargs))
+            self.register_buffer('running_var', torch.ones(num_features, **factory_kwargs))
+            self.register_buffer('num_batches_tracked',
+                                 torch.tensor(0, dtype=torch.long, device=device))
         else:
             self.register_buffer('running_mean', None)
             self.register_buffer('running_var', None)
             self.register_buffer('num_batches_tracked', None)
+
+    def _affine_shape(self) -> Tuple[int, ...]:
+        """The shape of ``weight`` and ``bias``; called once the base attributes are set."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        options = ('track_running_stats', 'normalizers') + self._repr_options + ('norm_impl',)
+        return ', '.join([f'{self.num_features}', f'eps={self.eps}',
+                          f'momentum={self.momentum}']
+                         + [f'{name}={getattr(self, name)!r}' for name in options])
 
     @property
     def num_normalizers(self) -> int:

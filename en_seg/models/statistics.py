@@ -1,8 +1,7 @@
 """Per-(n, c) moments and the IN / LN / BN statistics merged from them.
 
 docs/method.md#statistics (paper Sec. 3.1-3.3): every normalizer's mean and variance is
-an exact merge of the per-(n, c) biased moments, so the input is read once whatever the
-number of normalizers.
+an exact merge of the per-(n, c) biased moments, whatever the number of normalizers.
 """
 from typing import Sequence, Tuple
 

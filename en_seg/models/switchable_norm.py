@@ -18,16 +18,22 @@ class SwitchableNorm2d(_MixedNorm):
     Statistics and running statistics are those of :class:`ExemplarNorm2d`
     (docs/method.md#switchable-normalization), computed in float32 or better.
 
+    ``num_features, eps, momentum`` may be passed by position, as for ``nn.BatchNorm2d``;
+    every other argument is keyword-only.
+
     Args:
         num_features: C from an expected input of size (N, C, H, W).
         eps: added to the mixed variance. Default: 1e-5.
         momentum: running-statistics momentum; ``None`` for a cumulative average.
             Default: 0.1.
+        track_running_stats: keep running statistics for evaluation. Default: True.
         normalizers: the pool of K distinct names from ('IN', 'LN', 'BN').
             Default: ('IN', 'LN', 'BN').
-        track_running_stats: keep running statistics for evaluation. Default: True.
         norm_impl: ``'fused'`` (compiled ops, the default) or ``'reference'`` (plain
             PyTorch) statistics and apply, as for :class:`ExemplarNorm2d`.
+        device, dtype: where and in which floating-point dtype the parameters and running
+            statistics are created, as for ``nn.BatchNorm2d``; ``num_batches_tracked`` is
+            always int64. Default: None (torch's defaults: CPU, the default dtype).
 
     Attributes:
         weight, bias: γ and β, (C,), initialised to 1 and 0.
@@ -40,6 +46,19 @@ class SwitchableNorm2d(_MixedNorm):
     Raises:
         ValueError / TypeError: as :class:`ExemplarNorm2d`.
 
+    Examples::
+
+        >>> import torch
+        >>> from en_seg.models import SwitchableNorm2d
+        >>> layer = SwitchableNorm2d(16)
+        >>> layer  # doctest: +NORMALIZE_WHITESPACE
+        SwitchableNorm2d(16, eps=1e-05, momentum=0.1, track_running_stats=True,
+                         normalizers=('IN', 'LN', 'BN'), norm_impl='fused')
+        >>> layer(torch.randn(2, 16, 4, 4)).shape
+        torch.Size([2, 16, 4, 4])
+        >>> torch.softmax(layer.mean_weight, 0)  # the ratios start uniform
+        tensor([0.3333, 0.3333, 0.3333], grad_fn=<SoftmaxBackward0>)
+
     A plain BatchNorm state dict loads as it is; the importance weights keep their
     initialisation.
     """
@@ -50,17 +69,22 @@ class SwitchableNorm2d(_MixedNorm):
                  num_features: int,
                  eps: float = 1e-5,
                  momentum: Optional[float] = 0.1,
-                 normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
+                 *,
                  track_running_stats: bool = True,
-                 norm_impl: str = 'fused') -> None:
-        super().__init__(num_features, eps, momentum, track_running_stats, normalizers,
-                         norm_impl)
-        k = self.num_normalizers
-        self.weight = nn.Parameter(torch.empty(num_features))
-        self.bias = nn.Parameter(torch.empty(num_features))
-        self.mean_weight = nn.Parameter(torch.empty(k))
-        self.var_weight = nn.Parameter(torch.empty(k))
+                 normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
+                 norm_impl: str = 'fused',
+                 device=None,
+                 dtype=None) -> None:
+        super().__init__(num_features=num_features, eps=eps, momentum=momentum,
+                         track_running_stats=track_running_stats, normalizers=normalizers,
+                         norm_impl=norm_impl, device=device, dtype=dtype)
+        # On weight's device and in its dtype, i.e. those of device and dtype.
+        self.mean_weight = nn.Parameter(self.weight.new_empty(self.num_normalizers))
+        self.var_weight = nn.Parameter(self.weight.new_empty(self.num_normalizers))
         self.reset_parameters()
+
+    def _affine_shape(self) -> Tuple[int, ...]:
+        return (self.num_features,)
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
@@ -83,9 +107,3 @@ class SwitchableNorm2d(_MixedNorm):
 
     def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
         return {'weight': weight} if bias is None else {'weight': weight, 'bias': bias}
-
-    def extra_repr(self) -> str:
-        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
-                f'normalizers={self.normalizers}, '
-                f'track_running_stats={self.track_running_stats}, '
-                f'norm_impl={self.norm_impl!r}')

@@ -14,8 +14,7 @@ into IN / LN / BN statistics, the ratio branch, γ and β). Four compiled ops
 
 This module registers the ops' fake kernels and autograd formulas (so each op is a proper
 differentiable PyTorch op that ``torch.compile`` traces), and :func:`channel_affine_norm`,
-which strings them together so that the whole layer's backward is one reduction and one
-elementwise pass while only X and (N, C) tensors are saved.
+which strings them together into a layer's forward and backward.
 """
 from typing import Callable, Optional, Tuple
 
@@ -129,7 +128,7 @@ class _Moments(torch.autograd.Function):
 
 
 class _Affine(torch.autograd.Function):
-    """y = scale * (x - mean) + shift; its backward is the one reduction pass.
+    """y = scale * (x - mean) + shift; its backward is the reduction pass.
 
     It returns the gradients of mean, scale and shift from Σ dY and Σ dY (X - mean), and no
     gradient for x: the direct term scale * dY joins the moments' terms in _Moments'

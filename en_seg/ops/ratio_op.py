@@ -112,9 +112,9 @@ def exemplar_ratios(pooled: Tensor, means: Tensor, rstds: Tensor, conv_weight: T
     """
     args = (pooled, means, rstds, conv_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     if impl == 'op':
-        # The layer calls this once per forward, and at N = 2 the op's forward + backward
-        # is about 100 µs, nearly all of it fixed costs: Tensor.is_cpu / is_cuda here,
-        # since a test of (device.type, dtype) measured 2-4 µs more per forward + backward.
+        # At small N the op's cost is nearly all fixed per-call overhead
+        # (docs/benchmark_ratio.md), so the dispatch test is the cheapest one available:
+        # Tensor.is_cpu / is_cuda rather than comparing (device.type, dtype).
         if pooled.dtype in _dtypes_for_device(pooled, _OP_CPU_DTYPES, _OP_CUDA_DTYPES):
             return _OP(*args)[0]
         _warn_if_not_built(pooled)
@@ -177,8 +177,8 @@ if EXTENSION_AVAILABLE:
     def _setup_context(ctx, inputs: Tuple[Tensor, ...],
                        output: Tuple[Tensor, Tensor]) -> None:
         # The activations hold everything the backward needs besides rstds and the three
-        # weights. Each saved tensor costs about half a microsecond per forward + backward,
-        # so 5 rather than the 8 inputs matter at small N (docs/benchmark_ratio.md). Nothing
+        # weights. Every saved tensor adds to the fixed per-call cost that dominates at
+        # small N (docs/benchmark_ratio.md), so 5 rather than the 8 inputs are saved. Nothing
         # flows back through the activations: marking them non-differentiable, without
         # materialized gradients, spares the engine a zero tensor per backward.
         _, _, rstds, conv_w, fc1_w, _, fc2_w, _ = inputs

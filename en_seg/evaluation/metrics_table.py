@@ -4,7 +4,7 @@ from typing import Dict, Mapping
 
 from prettytable import PrettyTable
 
-from .per_class_iou import CLASS_IOU_PREFIX
+from .metrics.per_class_iou_metric import CLASS_IOU_PREFIX
 
 
 def format_metrics_table(columns: Mapping[str, Mapping[str, float]]) -> str:

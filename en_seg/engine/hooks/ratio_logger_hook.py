@@ -1,6 +1,6 @@
 """Log the ratios λ of every EN layer during training (paper Fig. 5, Sec. 4.6)."""
 import logging
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 from mmengine.hooks import Hook, LoggerHook
@@ -8,29 +8,9 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..models import ExemplarNorm2d
-from .layers import named_exemplar_norms
-
-#: First part of every scalar the hook logs: ``en_ratio/<layer>/<normalizer>``.
-SCALAR_PREFIX = 'en_ratio'
-
-
-def ratio_scalar_key(layer: str, normalizer: str) -> str:
-    """The scalar name of one layer's mean ratio of one normalizer, e.g.
-    ``'en_ratio/backbone.layer1.0.bn1/BN'`` (module names never contain '/')."""
-    return f'{SCALAR_PREFIX}/{layer}/{normalizer}'
-
-
-def parse_ratio_scalar_key(key: str) -> Optional[Tuple[str, str]]:
-    """``(layer, normalizer)`` of a scalar name written by :func:`ratio_scalar_key`,
-    with or without the ``train/`` prefix of ``log_processor.log_with_hierarchy``;
-    ``None`` for any other scalar."""
-    parts = key.split('/')
-    if parts[0] == 'train':
-        parts = parts[1:]
-    if len(parts) != 3 or parts[0] != SCALAR_PREFIX:
-        return None
-    return parts[1], parts[2]
+from ...analysis.dynamics import ratio_scalar_key
+from ...analysis.recording import named_exemplar_norms
+from ...models import ExemplarNorm2d
 
 
 @HOOKS.register_module()

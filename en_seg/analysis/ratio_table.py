@@ -1,11 +1,84 @@
-"""The ratios of every EN layer for every image of a dataset, and their tidy CSV form."""
+"""The ratios of every EN layer for every image of a dataset, weighted by ground truth.
+
+:class:`RatioTable` holds them, with their tidy CSV form. Weighting is the segmentation
+analogue of paper Fig. 6: the paper averages an image classifier's ratios over the images
+of each class. A segmentation image holds many classes, so here image i counts towards
+class c with weight w_ic, the share of its labelled pixels that belong to c.
+"""
 import csv
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 import numpy as np
+import torch
 
-from .weighting import class_weighted_means
+
+def class_pixel_shares(label_map: Union[np.ndarray, torch.Tensor], num_classes: int,
+                       ignore_index: int = 255) -> np.ndarray:
+    """The share of an image's labelled pixels that each class covers.
+
+    Args:
+        label_map: integer label map of any shape, e.g. (H, W) or mmseg's (1, H, W)
+            ``gt_sem_seg.data``.
+        num_classes: C; labels must lie in [0, C) or equal ``ignore_index``.
+        ignore_index: the label of unlabelled pixels, left out of the shares.
+            Default: 255 (mmseg's, also what ``reduce_zero_label`` maps 0 to).
+
+    Returns:
+        (C,) float64 shares summing to 1, or all zero when no pixel is labelled.
+
+    Raises:
+        ValueError: for a label outside [0, C) other than ``ignore_index``, i.e. a
+            label map that does not belong to these classes.
+    """
+    labels = torch.as_tensor(label_map).flatten().long().cpu()
+    labels = labels[labels != ignore_index]
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)].unique()[:10].tolist()
+        raise ValueError(
+            f'label map has label(s) {bad} outside [0, {num_classes}) that are not '
+            f'ignore_index={ignore_index}: check the dataset classes and reduce_zero_label '
+            'against the annotations')
+    counts = torch.bincount(labels, minlength=num_classes).double().numpy()
+    total = counts.sum()
+    return counts / total if total else counts
+
+
+def class_weighted_means(values: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Mean of per-image values for every class, each image weighted by its pixel share.
+
+    ``mean_c = Σ_i w_ic v_i / Σ_i w_ic``.
+
+    Args:
+        values: (I, D) per-image values, e.g. ratios of every layer side by side.
+        shares: (I, C) pixel shares w from :func:`class_pixel_shares`.
+
+    Returns:
+        (C, D) float64; the rows of classes that no image contains are NaN.
+
+    Raises:
+        ValueError: if ``values`` and ``shares`` are not 2-D with the same number of rows.
+    """
+    values, shares = np.asarray(values, np.float64), np.asarray(shares, np.float64)
+    if values.ndim != 2 or shares.ndim != 2 or values.shape[0] != shares.shape[0]:
+        raise ValueError(f'values (I, D) and shares (I, C) need the same I rows, got '
+                         f'shapes {values.shape} and {shares.shape}')
+    weight = shares.sum(0)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return (shares.T @ values) / weight[:, None]
+
+
+def dominant_classes(shares: np.ndarray) -> np.ndarray:
+    """The class with the largest pixel share of every image (paper Fig. 8 colours).
+
+    Args:
+        shares: (I, C) pixel shares.
+
+    Returns:
+        (I,) int64 class indices; -1 for an image without labelled pixels.
+    """
+    shares = np.asarray(shares)
+    return np.where(shares.sum(1) > 0, shares.argmax(1), -1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -19,7 +92,7 @@ class RatioTable:
         ratios: per layer, an (I, K_l) float32 array; every row sums to 1.
         class_names: the C classes of the dataset.
         pixel_shares: (I, C) float64, the share of each image's labelled pixels per class
-            (:func:`~en_seg.analysis.weighting.class_pixel_shares`).
+            (:func:`class_pixel_shares`).
 
     Raises:
         ValueError: at construction, if the parts disagree in length or shape.
@@ -92,4 +165,3 @@ def write_share_csv(table: RatioTable, path: str) -> None:
         for image, shares in zip(table.images, table.pixel_shares):
             writer.writerows((image, table.class_names[c], f'{shares[c]:.9g}')
                              for c in np.flatnonzero(shares))
-

@@ -1,6 +1,12 @@
-"""Run an mmseg segmentor over a dataset split and gather every image's EN ratios."""
+"""Record the ratios λ of every EN layer: find the layers, hook them, run a dataset split.
+
+:func:`named_exemplar_norms` finds a model's EN layers, :class:`RatioRecorder` records
+their ratios with forward hooks (the model is unchanged), and :func:`collect_ratios` runs
+an mmseg segmentor over a dataloader into a :class:`~.ratio_table.RatioTable`.
+"""
 import os.path as osp
-from typing import Dict, List, Optional, Sequence
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -8,9 +14,106 @@ from mmengine.utils import ProgressBar
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .recorder import RatioRecorder
-from .table import RatioTable
-from .weighting import class_pixel_shares
+from ..models import ExemplarNorm2d
+from .ratio_table import RatioTable, class_pixel_shares
+
+
+def named_exemplar_norms(model: nn.Module) -> List[Tuple[str, ExemplarNorm2d]]:
+    """Every :class:`ExemplarNorm2d` of ``model`` with its qualified name.
+
+    Args:
+        model: any module; wrappers (DDP, mmengine's) should be unwrapped first, or every
+            name carries their ``module.`` prefix.
+
+    Returns:
+        ``(name, layer)`` pairs in the order ``model.named_modules()`` yields them, the
+        order of registration (for mmseg backbones and heads, the order of the network),
+        with names such as ``'backbone.layer1.0.bn1'``.
+
+    Raises:
+        ValueError: if the model has no EN layer.
+    """
+    layers = [(name, module) for name, module in model.named_modules()
+              if isinstance(module, ExemplarNorm2d)]
+    if not layers:
+        raise ValueError(
+            f'{type(model).__name__} has no ExemplarNorm2d layer, so there are no ratios '
+            "to read: build it with norm_cfg=dict(type='EN') (and import en_seg, e.g. "
+            "custom_imports=dict(imports=['en_seg'])) in the config")
+    return layers
+
+
+class RatioRecorder:
+    """Context manager that hooks every :class:`~en_seg.models.ExemplarNorm2d` of a model.
+
+    Each forward of an EN layer appends its ``last_ratios`` (the softmax ratios λ of paper
+    Eq. 4, (N, K) float32, detached) to that layer's record; :meth:`pop` hands the record
+    over and clears it. Inside the ``with`` block the model runs as usual; leaving it
+    removes the hooks.
+
+    Args:
+        model: the network, unwrapped (layer names are taken from it as they are).
+
+    Raises:
+        ValueError: at construction, if the model has no EN layer.
+
+    Example:
+        >>> with RatioRecorder(model) as recorder:
+        ...     model(images)
+        ...     ratios = recorder.pop()    # {'backbone.layer1.0.bn1': (N, K) tensor, ...}
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._layers = named_exemplar_norms(model)
+        self._calls: Dict[str, List[Tensor]] = {}
+        self._handles: List[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def normalizers(self) -> Dict[str, Tuple[str, ...]]:
+        """Every hooked layer's normalizer names (K of them), by layer name."""
+        return {name: layer.normalizers for name, layer in self._layers}
+
+    def __enter__(self) -> 'RatioRecorder':
+        for name, layer in self._layers:
+            self._handles.append(layer.register_forward_hook(partial(self._record, name)))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._calls.clear()
+
+    def _record(self, name: str, layer: nn.Module, inputs, output) -> None:
+        self._calls.setdefault(name, []).append(layer.last_ratios)
+
+    def pop(self) -> Dict[str, Tensor]:
+        """The ratios recorded since the last call, then forget them.
+
+        A layer that ran several times (sliding-window inference runs every layer once
+        per crop, test-time augmentation once per view) gets the mean over its runs, so
+        each sample has one ratio vector per layer.
+
+        Returns:
+            ``{layer name: (N, K) float32 CPU tensor}``, in the order the layers first
+            ran, which is the order of the network; layers that did not run are absent.
+            Rows still sum to 1.
+
+        Raises:
+            RuntimeError: if a layer's runs had different batch sizes N, so that they
+                cannot be matched sample by sample.
+        """
+        ratios = {}
+        for name, calls in self._calls.items():
+            sizes = {call.shape[0] for call in calls}
+            if len(sizes) > 1:
+                raise RuntimeError(
+                    f'EN layer {name!r} ran {len(calls)} times on batches of sizes '
+                    f'{sorted(sizes)} since the last pop(); pop() after every batch so '
+                    'that each run sees the same samples')
+            ratios[name] = torch.stack(calls).mean(0).cpu()
+        self._calls.clear()
+        return ratios
 
 
 def collect_ratios(model: nn.Module, dataloader: DataLoader, class_names: Sequence[str],

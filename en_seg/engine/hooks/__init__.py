@@ -1,0 +1,5 @@
+"""mmengine hooks registered in ``HOOKS``; may import mmengine, :mod:`en_seg.models` and
+:mod:`en_seg.analysis`."""
+from .ratio_logger_hook import ENRatioLoggerHook
+
+__all__ = ['ENRatioLoggerHook']

@@ -1,0 +1,9 @@
+"""Helpers of the tools and tests, one module each, re-exporting nothing; they may import
+mmengine, torch and cv2, never another en_seg package.
+
+- :mod:`.run_config`: the command-line options and config handling of tools/train.py and
+  tools/test.py.
+- :mod:`.launch`: distributed launch on machines with or without CUDA.
+- :mod:`.synthetic_data`: tiny datasets in the real ADE20K and Cityscapes layouts, for
+  ``make demo`` and the tests.
+"""
