@@ -64,6 +64,35 @@ at::Tensor check_coefficient(const char* op, const char* name, const at::Tensor&
   return t.contiguous();
 }
 
+AffineArgs check_affine_args(const at::Tensor& x, const at::Tensor& center,
+                             const at::Tensor& scale, const at::Tensor& shift) {
+  const char* op = "en_seg::channel_affine";
+  const Activation a = check_activation(op, x);
+  return {a, check_coefficient(op, "center", center, a),
+          check_coefficient(op, "scale", scale, a), check_coefficient(op, "shift", shift, a)};
+}
+
+GradSumsArgs check_grad_sums_args(const at::Tensor& grad_y, const at::Tensor& x,
+                                  const at::Tensor& center) {
+  const char* op = "en_seg::channel_affine_grad_sums";
+  const Activation a = check_activation(op, x);
+  return {a, match_activation(op, "grad_y", grad_y, a),
+          check_coefficient(op, "center", center, a)};
+}
+
+InputGradArgs check_input_grad_args(const at::Tensor& grad_y, const at::Tensor& x,
+                                    const at::Tensor& center, const at::Tensor& dy_scale,
+                                    const at::Tensor& x_scale, const at::Tensor& shift) {
+  const char* op = "en_seg::channel_affine_input_grad";
+  const Activation a = check_activation(op, x);
+  return {a,
+          match_activation(op, "grad_y", grad_y, a),
+          check_coefficient(op, "center", center, a),
+          check_coefficient(op, "dy_scale", dy_scale, a),
+          check_coefficient(op, "x_scale", x_scale, a),
+          check_coefficient(op, "shift", shift, a)};
+}
+
 at::Tensor empty_stats(const Activation& x) {
   return at::empty({x.n, x.c}, x.tensor.options().dtype(stats_dtype(x.tensor.scalar_type())));
 }

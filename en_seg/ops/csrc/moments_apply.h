@@ -33,6 +33,30 @@ at::ScalarType stats_dtype(at::ScalarType activation_dtype);
 at::Tensor check_coefficient(const char* op, const char* name, const at::Tensor& t,
                              const Activation& x);
 
+// The checked arguments of the ops that take (N, C) coefficients, for their CPU and CUDA
+// entry points: the checks above applied in argument order, each error naming the op.
+struct AffineArgs {  // en_seg::channel_affine
+  Activation x;
+  at::Tensor center, scale, shift;
+};
+AffineArgs check_affine_args(const at::Tensor& x, const at::Tensor& center,
+                             const at::Tensor& scale, const at::Tensor& shift);
+
+struct GradSumsArgs {  // en_seg::channel_affine_grad_sums
+  Activation x;
+  at::Tensor grad_y, center;
+};
+GradSumsArgs check_grad_sums_args(const at::Tensor& grad_y, const at::Tensor& x,
+                                  const at::Tensor& center);
+
+struct InputGradArgs {  // en_seg::channel_affine_input_grad
+  Activation x;
+  at::Tensor grad_y, center, dy_scale, x_scale, shift;
+};
+InputGradArgs check_input_grad_args(const at::Tensor& grad_y, const at::Tensor& x,
+                                    const at::Tensor& center, const at::Tensor& dy_scale,
+                                    const at::Tensor& x_scale, const at::Tensor& shift);
+
 // An uninitialised (N, C) tensor of stats_dtype(x) on x's device.
 at::Tensor empty_stats(const Activation& x);
 

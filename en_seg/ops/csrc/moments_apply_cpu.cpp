@@ -373,18 +373,15 @@ void for_each_row(const Activation& x, const scalar_t* const (&in)[kInputs], sca
 
 at::Tensor channel_affine_cpu(const at::Tensor& input, const at::Tensor& center,
                               const at::Tensor& scale, const at::Tensor& shift) {
-  const char* op = "en_seg::channel_affine";
-  const Activation x = check_activation(op, input);
-  const at::Tensor center_c = check_coefficient(op, "center", center, x);
-  const at::Tensor scale_c = check_coefficient(op, "scale", scale, x);
-  const at::Tensor shift_c = check_coefficient(op, "shift", shift, x);
+  const AffineArgs args = check_affine_args(input, center, scale, shift);
+  const Activation& x = args.x;
   at::Tensor y = empty_activation(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
                                   "channel_affine_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t* ctr = center_c.const_data_ptr<acc_t>();
-    const acc_t* a = scale_c.const_data_ptr<acc_t>();
-    const acc_t* b = shift_c.const_data_ptr<acc_t>();
+    const acc_t* ctr = args.center.const_data_ptr<acc_t>();
+    const acc_t* a = args.scale.const_data_ptr<acc_t>();
+    const acc_t* b = args.shift.const_data_ptr<acc_t>();
     const scalar_t* const in[1] = {x.tensor.const_data_ptr<scalar_t>()};
     for_each_row<scalar_t, acc_t, 1>(
         x, in, y.data_ptr<scalar_t>(),
@@ -404,22 +401,18 @@ at::Tensor channel_affine_cpu(const at::Tensor& input, const at::Tensor& center,
 at::Tensor channel_affine_input_grad_cpu(const at::Tensor& grad_y, const at::Tensor& input,
                                          const at::Tensor& center, const at::Tensor& dy_scale,
                                          const at::Tensor& x_scale, const at::Tensor& shift) {
-  const char* op = "en_seg::channel_affine_input_grad";
-  const Activation x = check_activation(op, input);
-  const at::Tensor dy = match_activation(op, "grad_y", grad_y, x);
-  const at::Tensor center_c = check_coefficient(op, "center", center, x);
-  const at::Tensor dy_scale_c = check_coefficient(op, "dy_scale", dy_scale, x);
-  const at::Tensor x_scale_c = check_coefficient(op, "x_scale", x_scale, x);
-  const at::Tensor shift_c = check_coefficient(op, "shift", shift, x);
+  const InputGradArgs args = check_input_grad_args(grad_y, input, center, dy_scale, x_scale,
+                                                   shift);
+  const Activation& x = args.x;
   at::Tensor dx = empty_activation(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
                                   "channel_affine_input_grad_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t* ctr = center_c.const_data_ptr<acc_t>();
-    const acc_t* a = dy_scale_c.const_data_ptr<acc_t>();
-    const acc_t* k1 = x_scale_c.const_data_ptr<acc_t>();
-    const acc_t* b = shift_c.const_data_ptr<acc_t>();
-    const scalar_t* const in[2] = {dy.const_data_ptr<scalar_t>(),
+    const acc_t* ctr = args.center.const_data_ptr<acc_t>();
+    const acc_t* a = args.dy_scale.const_data_ptr<acc_t>();
+    const acc_t* k1 = args.x_scale.const_data_ptr<acc_t>();
+    const acc_t* b = args.shift.const_data_ptr<acc_t>();
+    const scalar_t* const in[2] = {args.grad_y.const_data_ptr<scalar_t>(),
                                    x.tensor.const_data_ptr<scalar_t>()};
     for_each_row<scalar_t, acc_t, 2>(
         x, in, dx.data_ptr<scalar_t>(),
@@ -552,17 +545,15 @@ void grad_sums_channels_last(const scalar_t* dy, const Activation& x, const acc_
 std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cpu(const at::Tensor& grad_y,
                                                                 const at::Tensor& input,
                                                                 const at::Tensor& center) {
-  const char* op = "en_seg::channel_affine_grad_sums";
-  const Activation x = check_activation(op, input);
-  const at::Tensor dy = match_activation(op, "grad_y", grad_y, x);
-  const at::Tensor center_c = check_coefficient(op, "center", center, x);
+  const GradSumsArgs args = check_grad_sums_args(grad_y, input, center);
+  const Activation& x = args.x;
   at::Tensor sum_dy = empty_stats(x), sum_dy_xc = empty_stats(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
                                   "channel_affine_grad_sums_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto sums = x.channels_last ? &grad_sums_channels_last<scalar_t, acc_t>
                                       : &grad_sums_channels_first<scalar_t, acc_t>;
-    sums(dy.const_data_ptr<scalar_t>(), x, center_c.const_data_ptr<acc_t>(),
+    sums(args.grad_y.const_data_ptr<scalar_t>(), x, args.center.const_data_ptr<acc_t>(),
          sum_dy.data_ptr<acc_t>(), sum_dy_xc.data_ptr<acc_t>());
   });
   return {sum_dy, sum_dy_xc};

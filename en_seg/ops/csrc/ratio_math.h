@@ -1,12 +1,11 @@
-// The per-sample arithmetic of Exemplar Normalization's ratio branch
-// (docs/method.md#ratio-branch, steps 2-6; paper Sec. 3.3, Fig. 2, Eq. 4) and its
-// gradient, shared by both kernels where their loops agree. The CUDA kernel (cuda/exemplar_ratios_kernel.cu)
-// spreads a sample over a thread block, one group of channels or one unit per thread, with
-// the per-group and per-unit forms below. The CPU kernel (exemplar_ratios_cpu.cpp) runs
-// the forward's per-group steps and the elementwise pieces, but the hidden layer as sums
-// along the P units and the statistics' backward along all C channels, so that its loops
-// are long enough to vectorize. Plain C++ (no torch, no CUDA headers) so that nvcc
-// compiles the CUDA translation unit without torch.
+// The per-sample arithmetic of Exemplar Normalization's ratio branch (docs/method.md#ratio-branch,
+// steps 2-6; paper Sec. 3.3, Fig. 2, Eq. 4) and its gradient, shared by both kernels where their
+// loops agree. The CUDA kernel (cuda/exemplar_ratios_kernel.cu) spreads a sample over a thread
+// block, one group of channels or one unit per thread, with the per-group and per-unit forms below.
+// The CPU kernel (exemplar_ratios_cpu.cpp) runs the forward's per-group steps and the elementwise
+// pieces, but the hidden layer as sums along the P units and the statistics' backward along all C
+// channels, so that its loops are long enough to vectorize. Plain C++ (no torch, no CUDA headers)
+// so that nvcc compiles the CUDA translation unit without torch.
 //
 // For one sample, with d_kc = p_c - μ_kc, x̂_kc = d_kc s_kc (s = 1/sqrt(σ² + ε)),
 // g(c) = c / r:

@@ -51,16 +51,13 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cuda(const at::Tensor& input)
 
 at::Tensor channel_affine_cuda(const at::Tensor& input, const at::Tensor& center,
                                const at::Tensor& scale, const at::Tensor& shift) {
-  const char* op = "en_seg::channel_affine";
-  const Activation x = check_activation(op, input);
-  const at::Tensor center_c = check_coefficient(op, "center", center, x);
-  const at::Tensor scale_c = check_coefficient(op, "scale", scale, x);
-  const at::Tensor shift_c = check_coefficient(op, "shift", shift, x);
+  const AffineArgs args = check_affine_args(input, center, scale, shift);
+  const Activation& x = args.x;
   const c10::cuda::CUDAGuard guard(x.tensor.device());
   at::Tensor y = empty_activation(x);
   C10_CUDA_CHECK(cuda::launch_channel_affine(
       x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()), kernel_shape(x),
-      center_c.const_data_ptr(), scale_c.const_data_ptr(), shift_c.const_data_ptr(),
+      args.center.const_data_ptr(), args.scale.const_data_ptr(), args.shift.const_data_ptr(),
       y.data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return y;
 }
@@ -68,16 +65,15 @@ at::Tensor channel_affine_cuda(const at::Tensor& input, const at::Tensor& center
 std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cuda(const at::Tensor& grad_y,
                                                                  const at::Tensor& input,
                                                                  const at::Tensor& center) {
-  const char* op = "en_seg::channel_affine_grad_sums";
-  const Activation x = check_activation(op, input);
-  const at::Tensor dy = match_activation(op, "grad_y", grad_y, x);
-  const at::Tensor center_c = check_coefficient(op, "center", center, x);
+  const GradSumsArgs args = check_grad_sums_args(grad_y, input, center);
+  const Activation& x = args.x;
   const c10::cuda::CUDAGuard guard(x.tensor.device());
   at::Tensor sum_dy = empty_stats(x), sum_dy_xc = empty_stats(x);
   at::Tensor workspace = reduction_workspace(x);
   C10_CUDA_CHECK(cuda::launch_channel_affine_grad_sums(
-      dy.const_data_ptr(), x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()),
-      kernel_shape(x), center_c.const_data_ptr(), sum_dy.data_ptr(), sum_dy_xc.data_ptr(),
+      args.grad_y.const_data_ptr(), x.tensor.const_data_ptr(),
+      kernel_dtype(x.tensor.scalar_type()), kernel_shape(x), args.center.const_data_ptr(),
+      sum_dy.data_ptr(), sum_dy_xc.data_ptr(),
       workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
   return {sum_dy, sum_dy_xc};
 }
@@ -85,19 +81,16 @@ std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cuda(const at::Tenso
 at::Tensor channel_affine_input_grad_cuda(const at::Tensor& grad_y, const at::Tensor& input,
                                           const at::Tensor& center, const at::Tensor& dy_scale,
                                           const at::Tensor& x_scale, const at::Tensor& shift) {
-  const char* op = "en_seg::channel_affine_input_grad";
-  const Activation x = check_activation(op, input);
-  const at::Tensor dy = match_activation(op, "grad_y", grad_y, x);
-  const at::Tensor center_c = check_coefficient(op, "center", center, x);
-  const at::Tensor dy_scale_c = check_coefficient(op, "dy_scale", dy_scale, x);
-  const at::Tensor x_scale_c = check_coefficient(op, "x_scale", x_scale, x);
-  const at::Tensor shift_c = check_coefficient(op, "shift", shift, x);
+  const InputGradArgs args = check_input_grad_args(grad_y, input, center, dy_scale, x_scale,
+                                                   shift);
+  const Activation& x = args.x;
   const c10::cuda::CUDAGuard guard(x.tensor.device());
   at::Tensor dx = empty_activation(x);
   C10_CUDA_CHECK(cuda::launch_channel_affine_input_grad(
-      dy.const_data_ptr(), x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()),
-      kernel_shape(x), center_c.const_data_ptr(), dy_scale_c.const_data_ptr(),
-      x_scale_c.const_data_ptr(), shift_c.const_data_ptr(), dx.data_ptr(),
+      args.grad_y.const_data_ptr(), x.tensor.const_data_ptr(),
+      kernel_dtype(x.tensor.scalar_type()), kernel_shape(x), args.center.const_data_ptr(),
+      args.dy_scale.const_data_ptr(),
+      args.x_scale.const_data_ptr(), args.shift.const_data_ptr(), dx.data_ptr(),
       c10::cuda::getCurrentCUDAStream()));
   return dx;
 }
