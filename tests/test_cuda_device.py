@@ -1,10 +1,11 @@
-"""The CUDA build on a GPU: every op's CUDA kernel registered, gradcheck of the
-fused ops on the device, the EN / SN layers under bfloat16 autocast, ``torch.compile`` and
+"""The CUDA build on a GPU: every op's CUDA kernel registered, gradcheck through the EN /
+SN layers on the device, the layers under bfloat16 autocast, ``torch.compile`` and
 CUDA-graph capture and replay of their forward + backward.
 
 Needs torch and en_seg's ops and layers only (no OpenMMLab); skipped without a GPU.
 tests/test_ratio_op.py and tests/test_fused_norm.py hold the other CUDA tests (kernels
-against the CPU kernels and the references, opcheck, determinism).
+against the CPU kernels and the references, opcheck and gradcheck of each op,
+determinism).
 """
 import copy
 
@@ -26,13 +27,6 @@ def activation(shape, dtype=torch.float32, channels_last=False, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=gen, dtype=torch.float64) + 1).to('cuda', dtype)
     return x.to(memory_format=torch.channels_last) if channels_last else x
-
-
-def coefficients(shape, dtype, count, seed=1):
-    """``count`` (N, C) CUDA coefficients in the statistics dtype of a ``dtype`` input."""
-    gen = torch.Generator().manual_seed(seed)
-    stats = torch.float64 if dtype == torch.float64 else torch.float32
-    return [torch.randn(shape[:2], generator=gen, dtype=stats).cuda() for _ in range(count)]
 
 
 def cuda_layer(cls, kwargs, c=16, seed=0):
@@ -58,17 +52,6 @@ def test_every_op_has_a_cuda_kernel():
     missing = [name for name in names
                if not torch._C._dispatch_has_kernel_for_dispatch_key(name, 'CUDA')]
     assert not missing, f'built without CUDA kernels for {missing}'
-
-
-@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
-def test_gradcheck_of_the_fused_ops(channels_last):
-    # float64, the one dtype precise enough for finite differences; the ratio op has CUDA
-    # kernels for float32 only (tests/test_ratio_op.py compares them to float64 instead).
-    shape = (2, 3, 4, 5)
-    x = activation(shape, torch.float64, channels_last).requires_grad_()
-    center, a, b = (t.requires_grad_() for t in coefficients(shape, torch.float64, count=3))
-    assert torch.autograd.gradcheck(lambda x: ops.channel_moments(x), (x,))
-    assert torch.autograd.gradcheck(ops.channel_affine, (x, center, a, b))
 
 
 @pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])

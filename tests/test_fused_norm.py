@@ -170,11 +170,13 @@ def test_opcheck(dtype, channels_last, device):
     torch.library.opcheck(ops.channel_affine_input_grad.default, (dy, x, center, a, k, b))
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_gradcheck_of_each_op(channels_last):
+def test_gradcheck_of_each_op(channels_last, device):
     shape = (2, 3, 4, 5)
-    x = activation(shape, torch.float64, channels_last).requires_grad_()
-    center, a, b = (t.requires_grad_() for t in coefficients(shape, torch.float64, count=3))
+    x = activation(shape, torch.float64, channels_last, device).requires_grad_()
+    center, a, b = (t.requires_grad_()
+                    for t in coefficients(shape, torch.float64, device, count=3))
     assert torch.autograd.gradcheck(lambda x: ops.channel_moments(x), (x,))
     assert torch.autograd.gradcheck(ops.channel_affine, (x, center, a, b))
 

@@ -169,8 +169,7 @@ class _MixedNorm(nn.Module):
         # the model's state is not. torch.where decides on the device, without a sync.
         finite = torch.isfinite(mean) & torch.isfinite(unbiased)
         for running, batch in ((self.running_mean, mean), (self.running_var, unbiased)):
-            running.copy_(torch.where(finite, running.lerp(batch.to(running.dtype), factor),
-                                      running))
+            running.lerp_(torch.where(finite, batch.to(running.dtype), running), factor)
 
     def forward(self, x: Tensor) -> Tensor:
         """y = scale * (x - pooled) + shift per (n, c), the layer's output as one affine
