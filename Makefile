@@ -23,7 +23,8 @@ $(STAMP): setup.py pyproject.toml Makefile
 	$(PIP) install 'setuptools<82' wheel ninja numpy opencv-python-headless mmengine==0.10.7
 	MMCV_WITH_OPS=1 $(PIP) install --no-build-isolation mmcv==2.1.0
 	$(PIP) install mmsegmentation==1.2.2 ftfy regex pytest
-	$(PIP) install --no-build-isolation -e .
+	# With both optional extras (pretrain, onnx), whose tests run in `make test`.
+	$(PIP) install --no-build-isolation -e '.[pretrain,onnx]'
 	touch $@
 
 demo: $(STAMP)

@@ -2,6 +2,7 @@
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..ops import check_ratio_impl, exemplar_ratios
@@ -50,6 +51,14 @@ class ExemplarNorm2d(_MixedNorm):
             :mod:`en_seg.ops.fused_norm` (falls back, with one warning, to the reference
             where the extension is not built), or ``'reference'``, plain PyTorch. Both
             compute the same function. Default: 'fused'.
+        sync_stats: in training, the BN member's batch statistics are those of the whole
+            batch of ``process_group``, reduced with one differentiable all-reduce per
+            forward, and the ratio branch reads them; IN and LN stay per sample
+            (docs/method.md#synchronization-across-processes). Without an initialized process
+            group of two or more processes the layer behaves as with False and warns once
+            per process. Default: False (the paper's setting).
+        process_group: the group ``sync_stats`` reduces over, as for ``nn.SyncBatchNorm``;
+            None for the default group. Default: None.
         device, dtype: where and in which floating-point dtype the parameters (ratio
             branch included) and running statistics are created, as for
             ``nn.BatchNorm2d``; ``num_batches_tracked`` is always int64. Default: None
@@ -112,39 +121,40 @@ class ExemplarNorm2d(_MixedNorm):
                  pi: int = 50,
                  ratio_impl: str = 'op',
                  norm_impl: str = 'fused',
+                 sync_stats: bool = False,
+                 process_group: Optional[dist.ProcessGroup] = None,
                  device=None,
                  dtype=None) -> None:
-        factory_kwargs = {'device': device, 'dtype': dtype}
-        super().__init__(num_features=num_features, eps=eps, momentum=momentum,
-                         track_running_stats=track_running_stats, normalizers=normalizers,
-                         norm_impl=norm_impl, **factory_kwargs)
+        # Plain values that _build_members reads when the base calls it.
         if reduction <= 0 or pi <= 0:
             raise ValueError(f'reduction and pi must be positive, got reduction={reduction},'
                              f' pi={pi}')
-        self.reduction = min(reduction, num_features)
-        if num_features % self.reduction:
-            raise ValueError(
-                f'num_features={num_features} is not divisible by reduction={reduction}; '
-                'the grouped convolution of the ratio branch needs C / r groups of r '
-                'channels: choose a reduction that divides num_features')
+        self.reduction = reduction
         self.pi = pi
         self.ratio_impl = check_ratio_impl(ratio_impl)
-        k = self.num_normalizers
-        groups = num_features // self.reduction
-        self.ratio_conv = nn.Conv1d(num_features, groups, 1, groups=groups, bias=False,
-                                    **factory_kwargs)
-        self.ratio_fc1 = nn.Linear(k * k, pi * k, **factory_kwargs)
-        self.ratio_fc2 = nn.Linear(pi * k, k, **factory_kwargs)
         self.last_ratios: Optional[Tensor] = None
-        self.reset_parameters()
+        super().__init__(num_features, eps, momentum, track_running_stats=track_running_stats,
+                         normalizers=normalizers, norm_impl=norm_impl, sync_stats=sync_stats,
+                         process_group=process_group, device=device, dtype=dtype)
+
+    def _build_members(self, device=None, dtype=None) -> None:
+        self.reduction = min(self.reduction, self.num_features)
+        if self.num_features % self.reduction:
+            raise ValueError(
+                f'num_features={self.num_features} is not divisible by reduction='
+                f'{self.reduction}; the grouped convolution of the ratio branch needs C / r '
+                'groups of r channels: choose a reduction that divides num_features')
+        k, groups = self.num_normalizers, self.num_features // self.reduction
+        self.ratio_conv = nn.Conv1d(self.num_features, groups, 1, groups=groups, bias=False,
+                                    device=device, dtype=dtype)
+        self.ratio_fc1 = nn.Linear(k * k, self.pi * k, device=device, dtype=dtype)
+        self.ratio_fc2 = nn.Linear(self.pi * k, k, device=device, dtype=dtype)
 
     def _affine_shape(self) -> Tuple[int, ...]:
         return (self.num_normalizers, self.num_features)
 
     def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        super().reset_parameters()  # running statistics, weight = 1, bias = 0
         self.ratio_conv.reset_parameters()
         self.ratio_fc1.reset_parameters()
         nn.init.zeros_(self.ratio_fc1.bias)
@@ -177,3 +187,21 @@ class ExemplarNorm2d(_MixedNorm):
         if bias is not None:
             own['bias'] = (bias / k).unsqueeze(0).repeat(k, 1)
         return own
+
+
+class SyncExemplarNorm2d(ExemplarNorm2d):
+    """:class:`ExemplarNorm2d` with ``sync_stats=True`` by default, the ``norm_cfg`` type
+    ``'SyncEN'`` (named like mmcv's ``'SyncBN'``).
+
+    Arguments, parameters, state dict and errors are those of :class:`ExemplarNorm2d`;
+    docs/method.md#synchronization-across-processes.
+
+    Examples::
+
+        >>> from en_seg.models import SyncExemplarNorm2d
+        >>> SyncExemplarNorm2d(64).sync_stats
+        True
+    """
+
+    def __init__(self, *args, sync_stats: bool = True, **kwargs) -> None:
+        super().__init__(*args, sync_stats=sync_stats, **kwargs)

@@ -2,23 +2,29 @@
 
 Input checks, the running statistics of the BN member (kept like ``torch.nn.BatchNorm2d``,
 docs/method.md#running-statistics), the per-normalizer statistics of a batch
-(docs/method.md#statistics), the forward pass as one affine map per (n, c)
-(docs/method.md#output), fused or in plain PyTorch, and the loading of plain BatchNorm
-checkpoints.
+(docs/method.md#statistics), the BN member's optionally over a process group
+(docs/method.md#synchronization-across-processes), the forward pass as one affine map per
+(n, c) (docs/method.md#output), fused or in plain PyTorch, and the loading of plain
+BatchNorm checkpoints.
 """
 import warnings
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..ops.fused_norm import channel_affine_norm, fused_kernels_available
 from .statistics import channel_moments, check_normalizers, merge_moments
+from .sync_statistics import group_batch_moments, group_size
 
 #: How a mixed layer computes its statistics and applies its affine map.
 NORM_IMPLS = ('fused', 'reference')
 
 _warned_fallback = set()
+_warned_unsynchronized = False
 
 
 def _fused_kernels_for(x: Tensor, layer: str) -> bool:
@@ -38,8 +44,34 @@ def _fused_kernels_for(x: Tensor, layer: str) -> bool:
     return False
 
 
-class _MixedNorm(nn.Module):
+class _BNMemberMode(_BatchNorm):
+    """The train / eval mode of a mixed layer's BN member, as a BatchNorm module.
+
+    OpenMMLab backbones freeze BatchNorm statistics (``norm_eval=True``) by calling
+    ``eval()`` on every ``_BatchNorm`` module they hold. The mixed layer keeps this child
+    and lets the BN member follow its mode, so those backbones reach the BN member and
+    nothing else (docs/method.md#in-openmmlab). It holds no parameter and no
+    buffer, so state dicts do not see it, and it is never called. SyncBatchNorm
+    conversion may replace it with another BatchNorm class; only ``training`` is read.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features, affine=False, track_running_stats=False)
+
+    def extra_repr(self) -> str:
+        return ''
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError('_BNMemberMode only carries the BN member\'s train / eval mode '
+                           'and is never called')
+
+
+class _MixedNorm(_InstanceNorm):
     """Base of :class:`ExemplarNorm2d` and :class:`SwitchableNorm2d`.
+
+    A subclass of torch's ``_InstanceNorm`` so that OpenMMLab treats it as a norm layer
+    (param-wise rules, ``norm_eval``, SyncBatchNorm conversion leave it intact); the BN
+    member's mode is the child ``bn_member_mode`` (docs/method.md#in-openmmlab).
 
     ``num_features, eps, momentum`` may be passed by position, as for ``nn.BatchNorm2d``;
     everything after them is keyword-only.
@@ -57,15 +89,23 @@ class _MixedNorm(nn.Module):
             back, with one warning, to the reference where the
             extension is not built; ``'reference'``: plain PyTorch. Both compute the same
             function. Default: 'fused'.
+        sync_stats: in training, compute the BN member's batch statistics over the whole
+            batch of ``process_group``, with one differentiable all-reduce of 2C + 1 values
+            per forward (docs/method.md#synchronization-across-processes); IN and LN never
+            communicate. Without an initialized process group of two or more processes the
+            layer behaves as with False and warns once per process. Default: False (the
+            paper's setting).
+        process_group: the group ``sync_stats`` reduces over, as for
+            ``nn.SyncBatchNorm``; None for the default group. Default: None.
         device, dtype: where and in which floating-point dtype the parameters and the
             running statistics are created, as for torch's layers; ``num_batches_tracked``
             is always int64. Default: None (torch's defaults).
 
-    The base creates ``weight`` and ``bias`` of shape :meth:`_affine_shape` (left
-    uninitialised: subclasses call their ``reset_parameters``) and the running
-    statistics. Subclasses define :meth:`_affine_shape`, :meth:`_affine_coefficients`,
-    the (N, C) map from the per-(n, c) moments to the output's scale and shift, and
-    :attr:`_repr_options`, their own ``extra_repr`` entries.
+    The base creates ``weight`` and ``bias`` of shape :meth:`_affine_shape`, the running
+    statistics, the subclass's own members (:meth:`_build_members`), and then calls
+    ``reset_parameters``. Subclasses define :meth:`_affine_shape`,
+    :meth:`_affine_coefficients`, the (N, C) map from the per-(n, c) moments to the
+    output's scale and shift, and :attr:`_repr_options`, their own ``extra_repr`` entries.
 
     Raises:
         ValueError: non-positive ``num_features``, ``eps``, a bad ``normalizers`` pool or a
@@ -73,7 +113,8 @@ class _MixedNorm(nn.Module):
     """
 
     #: Attributes that :meth:`extra_repr` shows after ``track_running_stats`` and
-    #: ``normalizers`` and before ``norm_impl``, in the constructor's order.
+    #: ``normalizers`` and before ``norm_impl`` and ``sync_stats``, in the constructor's
+    #: order.
     _repr_options: Tuple[str, ...] = ()
 
     def __init__(self,
@@ -84,10 +125,14 @@ class _MixedNorm(nn.Module):
                  track_running_stats: bool = True,
                  normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
                  norm_impl: str = 'fused',
+                 sync_stats: bool = False,
+                 process_group: Optional[dist.ProcessGroup] = None,
                  device=None,
                  dtype=None) -> None:
         factory_kwargs = {'device': device, 'dtype': dtype}
-        super().__init__()
+        # _NormBase's constructor would make (C,) affine parameters and reset them before
+        # the subclass's members exist; the attributes it sets are set here instead.
+        nn.Module.__init__(self)
         if not isinstance(num_features, int) or num_features <= 0:
             raise ValueError(f'num_features must be a positive int, got {num_features!r}')
         if eps <= 0:
@@ -95,11 +140,14 @@ class _MixedNorm(nn.Module):
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
+        self.affine = True
         self.track_running_stats = track_running_stats
         self.normalizers = check_normalizers(normalizers)
         if norm_impl not in NORM_IMPLS:
             raise ValueError(f'norm_impl must be one of {NORM_IMPLS}, got {norm_impl!r}')
         self.norm_impl = norm_impl
+        self.sync_stats = bool(sync_stats)
+        self.process_group = process_group
         shape = self._affine_shape()
         self.weight = nn.Parameter(torch.empty(shape, **factory_kwargs))
         self.bias = nn.Parameter(torch.empty(shape, **factory_kwargs))
@@ -112,13 +160,23 @@ class _MixedNorm(nn.Module):
             self.register_buffer('running_mean', None)
             self.register_buffer('running_var', None)
             self.register_buffer('num_batches_tracked', None)
+        if 'BN' in self.normalizers:
+            self.bn_member_mode = _BNMemberMode(num_features)
+        self._build_members(**factory_kwargs)
+        self.reset_parameters()
+
+    def _build_members(self, device=None, dtype=None) -> None:
+        """Create the subclass's own parameters and modules (none here), before
+        ``reset_parameters`` initialises them; ``device`` and ``dtype`` as for the
+        constructor."""
 
     def _affine_shape(self) -> Tuple[int, ...]:
         """The shape of ``weight`` and ``bias``; called once the base attributes are set."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        options = ('track_running_stats', 'normalizers') + self._repr_options + ('norm_impl',)
+        options = (('track_running_stats', 'normalizers') + self._repr_options
+                   + ('norm_impl', 'sync_stats'))
         return ', '.join([f'{self.num_features}', f'eps={self.eps}',
                           f'momentum={self.momentum}']
                          + [f'{name}={getattr(self, name)!r}' for name in options])
@@ -128,11 +186,8 @@ class _MixedNorm(nn.Module):
         """K, the size of the normalizer pool."""
         return len(self.normalizers)
 
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
+    def _check_input_dim(self, x: Tensor) -> None:
+        self._check_input(x)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
@@ -149,21 +204,59 @@ class _MixedNorm(nn.Module):
             raise ValueError(f'{type(self).__name__} got an empty input of shape '
                              f'{tuple(x.shape)}')
 
+    def _bn_member_training(self) -> bool:
+        """The BN member's mode: that of ``bn_member_mode``, which follows the layer's
+        ``train()`` / ``eval()`` and which ``norm_eval`` freezes alone."""
+        return self.bn_member_mode.training
+
     def _uses_batch_bn_stats(self) -> bool:
         # Same rule as nn.BatchNorm2d: batch statistics in training, or always when no
         # running statistics are kept.
-        return self.training or not self.track_running_stats
+        return self._bn_member_training() or not self.track_running_stats
 
-    def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
-        """Fold a batch's BN statistics (C,) into the running ones like nn.BatchNorm2d."""
+    def _synchronizes(self) -> bool:
+        """Whether this forward reduces the BN member's statistics over the process group:
+        with ``sync_stats``, in training, where the group has two processes or more."""
+        if not (self.sync_stats and self._bn_member_training()):
+            return False
+        if group_size(self.process_group) > 1:
+            return True
+        global _warned_unsynchronized
+        if not _warned_unsynchronized:
+            _warned_unsynchronized = True
+            warnings.warn(
+                f'en_seg: {type(self).__name__} has sync_stats=True but no initialized '
+                'torch.distributed process group of two or more processes, so the BN '
+                "member's statistics are those of this process's batch, as with "
+                'sync_stats=False. Train with two or more processes (e.g. `bash '
+                'tools/dist_train.sh CONFIG 8`, torchrun with --launcher pytorch) to '
+                'synchronize them, or set sync_stats=False.')
+        return False
+
+    def _batch_bn_statistics(self, pooled: Tensor, var: Tensor,
+                             count: int) -> Tuple[Tensor, Tensor, Union[int, Tensor]]:
+        """The BN member's (1, C) batch mean and biased variance and the number of values
+        behind them: those of this process's batch, or of the process group's whole batch
+        when :meth:`_synchronizes` (docs/method.md#synchronization-across-processes)."""
+        if self._synchronizes():
+            return group_batch_moments(pooled, var, count // pooled.shape[0],
+                                       self.process_group)
+        mean, var = merge_moments(pooled, var, dim=0)
+        return mean, var, count
+
+    def _update_running_stats(self, mean: Tensor, var: Tensor,
+                              count: Union[int, Tensor]) -> None:
+        """Fold a batch's BN statistics (C,) into the running ones like nn.BatchNorm2d;
+        ``count`` is L, an int, or a 0-d tensor for a process group's batch."""
         self.num_batches_tracked.add_(1)
         if self.momentum is None:
             factor = 1.0 / float(self.num_batches_tracked)
         else:
             factor = self.momentum
         # BatchNorm2d stores the unbiased variance; with a single value per channel it is
-        # undefined, and we keep the biased one (0) rather than an infinity.
-        unbiased = var * (count / (count - 1)) if count > 1 else var
+        # undefined, and we keep the biased one (0) rather than an infinity. A process
+        # group's count stays a tensor, unread by the host, and is at least 2.
+        unbiased = var * (count / (count - 1)) if torch.is_tensor(count) or count > 1 else var
         # A channel whose batch statistic is not finite (one NaN or Inf anywhere in the
         # batch makes it so) keeps its running statistics: the batch's outputs are lost,
         # the model's state is not. torch.where decides on the device, without a sync.
@@ -228,10 +321,10 @@ class _MixedNorm(nn.Module):
             elif name == 'LN':
                 mean_k, var_k = merge_moments(pooled, var, dim=1)
             elif self._uses_batch_bn_stats():
-                mean_k, var_k = merge_moments(pooled, var, dim=0)
-                if self.training and self.track_running_stats:
+                mean_k, var_k, bn_count = self._batch_bn_statistics(pooled, var, count)
+                if self._bn_member_training() and self.track_running_stats:
                     with torch.no_grad():
-                        self._update_running_stats(mean_k[0], var_k[0], count)
+                        self._update_running_stats(mean_k[0], var_k[0], bn_count)
             else:
                 mean_k = self.running_mean.to(pooled.dtype)[None]
                 var_k = self.running_var.to(pooled.dtype)[None]

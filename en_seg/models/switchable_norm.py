@@ -1,5 +1,5 @@
 """Switchable Normalization (Luo et al., ICLR 2019), the paper's main baseline."""
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,10 @@ class SwitchableNorm2d(_MixedNorm):
             Default: ('IN', 'LN', 'BN').
         norm_impl: ``'fused'`` (compiled ops, the default) or ``'reference'`` (plain
             PyTorch) statistics and apply, as for :class:`ExemplarNorm2d`.
+        sync_stats, process_group: in training, the BN member's batch statistics are
+            those of the whole batch of ``process_group`` (None: the default group), as
+            for :class:`ExemplarNorm2d` (docs/method.md#synchronization-across-processes).
+            Default: False, None.
         device, dtype: where and in which floating-point dtype the parameters and running
             statistics are created, as for ``nn.BatchNorm2d``; ``num_batches_tracked`` is
             always int64. Default: None (torch's defaults: CPU, the default dtype).
@@ -52,8 +56,11 @@ class SwitchableNorm2d(_MixedNorm):
         >>> from en_seg.models import SwitchableNorm2d
         >>> layer = SwitchableNorm2d(16)
         >>> layer  # doctest: +NORMALIZE_WHITESPACE
-        SwitchableNorm2d(16, eps=1e-05, momentum=0.1, track_running_stats=True,
-                         normalizers=('IN', 'LN', 'BN'), norm_impl='fused')
+        SwitchableNorm2d(
+          16, eps=1e-05, momentum=0.1, track_running_stats=True,
+          normalizers=('IN', 'LN', 'BN'), norm_impl='fused', sync_stats=False
+          (bn_member_mode): _BNMemberMode()
+        )
         >>> layer(torch.randn(2, 16, 4, 4)).shape
         torch.Size([2, 16, 4, 4])
         >>> torch.softmax(layer.mean_weight, 0)  # the ratios start uniform
@@ -65,31 +72,17 @@ class SwitchableNorm2d(_MixedNorm):
 
     _abbr_ = 'bn'
 
-    def __init__(self,
-                 num_features: int,
-                 eps: float = 1e-5,
-                 momentum: Optional[float] = 0.1,
-                 *,
-                 track_running_stats: bool = True,
-                 normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
-                 norm_impl: str = 'fused',
-                 device=None,
-                 dtype=None) -> None:
-        super().__init__(num_features=num_features, eps=eps, momentum=momentum,
-                         track_running_stats=track_running_stats, normalizers=normalizers,
-                         norm_impl=norm_impl, device=device, dtype=dtype)
-        # On weight's device and in its dtype, i.e. those of device and dtype.
-        self.mean_weight = nn.Parameter(self.weight.new_empty(self.num_normalizers))
-        self.var_weight = nn.Parameter(self.weight.new_empty(self.num_normalizers))
-        self.reset_parameters()
+    def _build_members(self, device=None, dtype=None) -> None:
+        self.mean_weight = nn.Parameter(torch.empty(self.num_normalizers, device=device,
+                                                    dtype=dtype))
+        self.var_weight = nn.Parameter(torch.empty(self.num_normalizers, device=device,
+                                                   dtype=dtype))
 
     def _affine_shape(self) -> Tuple[int, ...]:
         return (self.num_features,)
 
     def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
+        super().reset_parameters()  # running statistics, weight = 1, bias = 0
         nn.init.ones_(self.mean_weight)
         nn.init.ones_(self.var_weight)
 
@@ -107,3 +100,21 @@ class SwitchableNorm2d(_MixedNorm):
 
     def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
         return {'weight': weight} if bias is None else {'weight': weight, 'bias': bias}
+
+
+class SyncSwitchableNorm2d(SwitchableNorm2d):
+    """:class:`SwitchableNorm2d` with ``sync_stats=True`` by default, the ``norm_cfg`` type
+    ``'SyncSN'`` (named like mmcv's ``'SyncBN'``).
+
+    Arguments, parameters, state dict and errors are those of :class:`SwitchableNorm2d`;
+    docs/method.md#synchronization-across-processes.
+
+    Examples::
+
+        >>> from en_seg.models import SyncSwitchableNorm2d
+        >>> SyncSwitchableNorm2d(16).sync_stats
+        True
+    """
+
+    def __init__(self, *args, sync_stats: bool = True, **kwargs) -> None:
+        super().__init__(*args, sync_stats=sync_stats, **kwargs)
