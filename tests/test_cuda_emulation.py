@@ -58,7 +58,8 @@ ORDERS = os.environ.get('CUDA_EMULATION_ORDERS', 'forward reversed shuffled').sp
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # (N, C, H, W): H·W = 1; N = 1 with C not a multiple of 32 (one warp a row); H·W larger
 # than one block's pass (256 threads x 4) and than one channels_last segment (128 rows);
-# the widest: full 256-thread rows, the most (64) channels_last segments, 3 channel tiles.
+# the widest: full 256-thread rows split in 3 segments, the most (64) channels_last
+# segments, 3 channel tiles. H·W divisible by 4 or 8 takes the elementwise 16-byte packs.
 SHAPES = [(2, 3, 1, 1), (1, 37, 7, 9), (2, 5, 40, 77), (1, 70, 100, 91)]
 SHAPE_IDS = ['hw=1', 'n=1,c=37', 'hw>block', 'widest']
 # (N, K, C, r, P): one group; C and P not multiples of 32; the widest (K = 8, K² = 64 Gram
@@ -202,6 +203,21 @@ def test_channel_affine_input_grad(moments_apply, in_every_order, shape, dtype,
     expected = (per_row(dy_scale) * dy.to(acc) + per_row(x_scale) * (x.to(acc) - per_row(center))
                 + per_row(shift))
     assert torch.equal(dx, expected.to(dtype))
+
+
+@pytest.mark.parametrize('shape, segments', [
+    ((2, 32, 256, 512), 16),   # the stem at batch 2, 512x1024: 64 rows split 16 ways
+    ((1, 70, 100, 91), 3),     # 'widest': split as far as 4096-value segments allow
+    ((2, 5, 40, 77), 1),       # rows too short to split
+    ((8, 256, 64, 64), 1),     # enough rows to fill the GPU
+])
+def test_channels_first_reductions_split_rows_when_few(moments_apply, shape, segments):
+    """Row segments, seen through the scratch the launcher asks for: (N, segments, 2, C)
+    float32 partial results, none for an unsplit channels-first row."""
+    n, c, h, w = shape
+    expected = 0 if segments == 1 else n * segments * 2 * c * 4
+    dtype_code = kernels._DTYPES[torch.float32]
+    assert moments_apply._workspace_bytes(dtype_code, n, c, h * w, 0) == expected
 
 
 def float_ratio_inputs(n, k, c, r, hidden):

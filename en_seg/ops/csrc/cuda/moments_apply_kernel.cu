@@ -6,16 +6,20 @@
 // turn), with no atomics, so results are bit-identical from run to run.
 //
 // Channels first, every (n, c) plane is a contiguous row of H * W values: a reduction gives
-// one block to a row; an elementwise pass gives a block a chunk of one row, so the row's
-// coefficients are read once. channels_last, every sample is an (H * W) x C matrix: a block
-// is 32 consecutive channels (one coalesced 128-byte line per row for float32) by 8 rows,
-// so a thread keeps one channel and its coefficients; reductions split the rows of a sample
-// into segments whose partial results a second kernel merges in order.
+// a block to a row, or, when there are too few rows to fill the GPU (a small batch of
+// wide planes, such as the stem's), to a segment of a row; an elementwise pass gives a
+// block a chunk of one row, so the row's coefficients are read once, and moves 16 bytes
+// per load and store where the rows allow it. channels_last, every sample is an
+// (H * W) x C matrix: a block is 32 consecutive channels (one coalesced 128-byte line per
+// row for float32) by 8 rows, so a thread keeps one channel and its coefficients;
+// reductions split the rows of a sample into segments. Segments' partial results are merged
+// in order by a second kernel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "moments_apply_kernel.h"
 
@@ -36,8 +40,20 @@ constexpr int kTileRows = 8;
 // kMinSegmentRows rows, enough blocks to fill the GPU for EN's usual shapes.
 constexpr int64_t kMaxSegments = 64;
 constexpr int64_t kMinSegmentRows = 128;
-// Largest grid y dimension.
+// Channels-first reductions: rows are split into segments of at least kMinRowSegment
+// values while there are fewer than kFillBlocks blocks (a few waves on the largest GPUs).
+constexpr int64_t kFillBlocks = 1024;
+constexpr int64_t kMinRowSegment = int64_t(kThreads) * kUnroll * 4;
+// Grid limits.
+constexpr int64_t kMaxGridX = 2147483647;
 constexpr int64_t kMaxGridY = 65535;
+// Bytes an elementwise pass moves per load and store where the rows allow.
+constexpr int kVectorBytes = 16;
+
+// block_reduce keeps one state per warp and reduces them with a single warp.
+static_assert(kThreads % kWarp == 0 && kThreads / kWarp <= kWarp,
+              "block_reduce needs whole warps, at most one state per lane of one warp");
+static_assert(kTileC == kWarp, "a channels_last row of a tile is one warp");
 
 template <typename T>
 struct AccType {
@@ -167,52 +183,98 @@ __device__ State column_reduce(State s, State (*tile)[kTileC]) {
   return s;
 }
 
-// How the rows of a channels_last sample split into segments.
+// How the H * W positions of a sample's (channels_last) or of an (n, c) row's (channels
+// first) split into segments; count == 1 is no split. Partial results are laid out
+// (N, count, 2, C) in both layouts, so one merge kernel serves both.
 struct Segments {
   int64_t rows_per_segment, count;
 
-  explicit Segments(int64_t hw) {
-    rows_per_segment = std::max(kMinSegmentRows, ceil_div(hw, kMaxSegments));
-    count = ceil_div(hw, rows_per_segment);
+  static Segments of(int64_t rows_per_segment, int64_t hw) {
+    return {rows_per_segment, ceil_div(hw, rows_per_segment)};
+  }
+
+  static Segments for_activation(int64_t n, int64_t c, int64_t hw, bool channels_last) {
+    if (channels_last) return of(std::max(kMinSegmentRows, ceil_div(hw, kMaxSegments)), hw);
+    const int64_t wanted = min64(ceil_div(kFillBlocks, n * c), ceil_div(hw, kMinRowSegment));
+    if (wanted <= 1) return {hw, 1};
+    return of(ceil_div(hw, min64(wanted, kMaxSegments)), hw);
   }
 };
 
-// A channels-first block's width for rows of hw values: whole warps, at most kThreads, no
-// more than the row has values for.
-int rows_block_threads(int64_t hw) {
-  const int64_t warps = ceil_div(ceil_div(hw, kUnroll), kWarp);
+Segments segments(const Activation& s) {
+  return Segments::for_activation(s.n, s.c, s.hw, s.channels_last);
+}
+
+// A channels-first block's width for segments of `values` values: whole warps, at most
+// kThreads, no more than the segment has values for.
+int rows_block_threads(int64_t values) {
+  const int64_t warps = ceil_div(ceil_div(values, kUnroll), kWarp);
   return static_cast<int>(min64(kThreads, warps * kWarp));
 }
+
+// No (n, c) pairs: nothing to launch (a grid may not be empty).
+bool empty(const Activation& s) { return s.n == 0 || s.c == 0; }
+
+// Channel tiles of a channels_last grid: its y dimension.
+unsigned channel_tiles(const Activation& s) {
+  return static_cast<unsigned>(ceil_div(s.c, kTileC));
+}
+
+unsigned merge_blocks(const Activation& s) {
+  return static_cast<unsigned>(ceil_div(s.n * s.c, kThreads));
+}
+
+// Whether a grid of x by y blocks is within CUDA's limits; a launcher returns
+// cudaErrorInvalidConfiguration for one that is not, before it launches anything.
+bool grid_fits(int64_t x, int64_t y) { return x <= kMaxGridX && y <= kMaxGridY; }
 
 // ------------------------------------------------------------------------------------------
 // channel_moments
 
+// Where a channels-first reduction block writes: the row's results when the row is not
+// split, else the segment's partial results ((N, segments, 2, C), see Segments).
+template <typename acc_t>
+struct RowsOutput {
+  acc_t *first, *second, *partial;
+
+  __device__ void write(int64_t row, int64_t c, const Segments& seg, acc_t a, acc_t b) const {
+    if (seg.count == 1) {
+      first[row] = a;
+      second[row] = b;
+    } else {
+      acc_t* out = partial + ((row / c) * seg.count + blockIdx.y) * 2 * c;
+      out[row % c] = a;
+      out[c + row % c] = b;
+    }
+  }
+};
+
+// Grid (N * C rows, segments of each row).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    moments_rows_kernel(const scalar_t* __restrict__ x, int64_t hw,
-                        acc_type<scalar_t>* __restrict__ mean,
-                        acc_type<scalar_t>* __restrict__ var) {
+    moments_rows_kernel(const scalar_t* __restrict__ x, int64_t hw, int64_t c, Segments seg,
+                        RowsOutput<acc_type<scalar_t>> out) {
   using acc_t = acc_type<scalar_t>;
   __shared__ Moments<acc_t> warps[kThreads / kWarp];
   const int64_t row = blockIdx.x;
+  const int64_t begin = int64_t(blockIdx.y) * seg.rows_per_segment;
+  const int64_t end = min64(hw, begin + seg.rows_per_segment);
   const scalar_t* x_row = x + row * hw;
   const int64_t step = blockDim.x;
   Moments<acc_t> m{0, acc_t(0), acc_t(0)};
-  int64_t i = threadIdx.x;
-  for (; i + (kUnroll - 1) * step < hw; i += kUnroll * step) {
+  int64_t i = begin + threadIdx.x;
+  for (; i + (kUnroll - 1) * step < end; i += kUnroll * step) {
     acc_t v[kUnroll];
     for (int u = 0; u < kUnroll; ++u) v[u] = to_acc(x_row[i + u * step]);
     m = merge(m, group_moments(v, kUnroll));
   }
-  for (; i < hw; i += step) {
+  for (; i < end; i += step) {
     const acc_t v[kUnroll] = {to_acc(x_row[i])};
     m = merge(m, group_moments(v, 1));
   }
   m = block_reduce(m, Moments<acc_t>{0, acc_t(0), acc_t(0)}, warps);
-  if (threadIdx.x == 0) {
-    mean[row] = m.mean;
-    var[row] = m.m2 / acc_t(hw);
-  }
+  // A segment's partial result is (mean, m2); a whole row's is (mean, biased variance).
+  if (threadIdx.x == 0) out.write(row, c, seg, m.mean, seg.count == 1 ? m.m2 / acc_t(hw) : m.m2);
 }
 
 // Grid (N * segments, channel tiles); writes per (n, segment) C means then C m2s.
@@ -270,27 +332,43 @@ __global__ void merge_moment_segments_kernel(const acc_t* __restrict__ partial, 
 // ------------------------------------------------------------------------------------------
 // channel_affine_grad_sums
 
+// Grid (N * C rows, segments of each row).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     grad_sums_rows_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
-                          int64_t hw, const acc_type<scalar_t>* __restrict__ center,
-                          acc_type<scalar_t>* __restrict__ sum_dy,
-                          acc_type<scalar_t>* __restrict__ sum_dy_xc) {
+                          int64_t hw, int64_t c, Segments seg,
+                          const acc_type<scalar_t>* __restrict__ center,
+                          RowsOutput<acc_type<scalar_t>> out) {
   using acc_t = acc_type<scalar_t>;
   __shared__ GradSums<acc_t> warps[kThreads / kWarp];
   const int64_t row = blockIdx.x;
+  const int64_t begin = int64_t(blockIdx.y) * seg.rows_per_segment;
+  const int64_t end = min64(hw, begin + seg.rows_per_segment);
+  const scalar_t* dy_row = dy + row * hw;
+  const scalar_t* x_row = x + row * hw;
   const acc_t ctr = center[row];
+  const int64_t step = blockDim.x;
   GradSums<acc_t> s{acc_t(0), acc_t(0)};
-  for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
-    const acc_t g = to_acc(dy[row * hw + i]);
+  int64_t i = begin + threadIdx.x;
+  // kUnroll load pairs in flight, as in the moments.
+  for (; i + (kUnroll - 1) * step < end; i += kUnroll * step) {
+    acc_t g[kUnroll], v[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) {
+      g[u] = to_acc(dy_row[i + u * step]);
+      v[u] = to_acc(x_row[i + u * step]);
+    }
+    for (int u = 0; u < kUnroll; ++u) {
+      s.dy += g[u];
+      s.dy_xc += g[u] * (v[u] - ctr);
+    }
+  }
+  for (; i < end; i += step) {
+    const acc_t g = to_acc(dy_row[i]);
     s.dy += g;
-    s.dy_xc += g * (to_acc(x[row * hw + i]) - ctr);
+    s.dy_xc += g * (to_acc(x_row[i]) - ctr);
   }
   s = block_reduce(s, GradSums<acc_t>{acc_t(0), acc_t(0)}, warps);
-  if (threadIdx.x == 0) {
-    sum_dy[row] = s.dy;
-    sum_dy_xc[row] = s.dy_xc;
-  }
+  if (threadIdx.x == 0) out.write(row, c, seg, s.dy, s.dy_xc);
 }
 
 // Grid (N * segments, channel tiles); writes per (n, segment) C sums of dy, then C of
@@ -312,7 +390,19 @@ __global__ void __launch_bounds__(kTileC * kTileRows)
   if (ch < c) {
     const acc_t ctr = center[n * c + ch];
     const int64_t base = n * hw * c + ch;
-    for (int64_t r = row0 + threadIdx.y; r < row1; r += kTileRows) {
+    int64_t r = row0 + threadIdx.y;
+    for (; r + (kUnroll - 1) * kTileRows < row1; r += kUnroll * kTileRows) {
+      acc_t g[kUnroll], v[kUnroll];
+      for (int u = 0; u < kUnroll; ++u) {
+        g[u] = to_acc(dy[base + (r + u * kTileRows) * c]);
+        v[u] = to_acc(x[base + (r + u * kTileRows) * c]);
+      }
+      for (int u = 0; u < kUnroll; ++u) {
+        s.dy += g[u];
+        s.dy_xc += g[u] * (v[u] - ctr);
+      }
+    }
+    for (; r < row1; r += kTileRows) {
       const acc_t g = to_acc(dy[base + r * c]);
       s.dy += g;
       s.dy_xc += g * (to_acc(x[base + r * c]) - ctr);
@@ -346,6 +436,28 @@ __global__ void add_grad_sum_segments_kernel(const acc_t* __restrict__ partial, 
 // ------------------------------------------------------------------------------------------
 // channel_affine and channel_affine_input_grad: elementwise passes
 
+// V consecutive values, moved by one load or store of V * sizeof(T) bytes.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <int V, typename T>
+__device__ __forceinline__ Pack<T, V> load(const T* p) {
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+
+template <int V, typename T>
+__device__ __forceinline__ void store(T* p, const Pack<T, V>& value) {
+  *reinterpret_cast<Pack<T, V>*>(p) = value;
+}
+
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// An elementwise op: coef(nc) reads the coefficients of row nc once; apply<V>(i, k)
+// computes the V values from i on, all in one row; aligned(bytes) tells whether every
+// pointer it reads or writes is.
+
 // y = scale * (x - center) + shift.
 template <typename scalar_t>
 struct AffineOp {
@@ -358,9 +470,16 @@ struct AffineOp {
   scalar_t* __restrict__ y;
 
   __device__ Coef coef(int64_t nc) const { return {center[nc], scale[nc], shift[nc]}; }
-  __device__ void operator()(int64_t i, const Coef& k) const {
-    y[i] = from_acc<scalar_t>(k.scale * (to_acc(x[i]) - k.center) + k.shift);
+  template <int V>
+  __device__ void apply(int64_t i, const Coef& k) const {
+    const Pack<scalar_t, V> in = load<V>(x + i);
+    Pack<scalar_t, V> out;
+    for (int u = 0; u < V; ++u) {
+      out.v[u] = from_acc<scalar_t>(k.scale * (to_acc(in.v[u]) - k.center) + k.shift);
+    }
+    store<V>(y + i, out);
   }
+  bool aligned_to(int bytes) const { return aligned(x, bytes) && aligned(y, bytes); }
 };
 
 // dx = dy_scale * dy + x_scale * (x - center) + shift.
@@ -378,22 +497,32 @@ struct InputGradOp {
   __device__ Coef coef(int64_t nc) const {
     return {center[nc], dy_scale[nc], x_scale[nc], shift[nc]};
   }
-  __device__ void operator()(int64_t i, const Coef& k) const {
-    dx[i] = from_acc<scalar_t>(k.dy_scale * to_acc(dy[i]) +
-                               k.x_scale * (to_acc(x[i]) - k.center) + k.shift);
+  template <int V>
+  __device__ void apply(int64_t i, const Coef& k) const {
+    const Pack<scalar_t, V> g = load<V>(dy + i), in = load<V>(x + i);
+    Pack<scalar_t, V> out;
+    for (int u = 0; u < V; ++u) {
+      out.v[u] = from_acc<scalar_t>(k.dy_scale * to_acc(g.v[u]) +
+                                    k.x_scale * (to_acc(in.v[u]) - k.center) + k.shift);
+    }
+    store<V>(dx + i, out);
+  }
+  bool aligned_to(int bytes) const {
+    return aligned(dy, bytes) && aligned(x, bytes) && aligned(dx, bytes);
   }
 };
 
-// Grid (N * C rows, chunks of kThreads * kUnroll values of a row, grid-strided).
-template <typename Op>
+// Grid (N * C rows, chunks of kThreads * kUnroll packs of V values of a row,
+// grid-strided); V > 1 needs hw divisible by V.
+template <int V, typename Op>
 __global__ void __launch_bounds__(kThreads) elementwise_rows_kernel(Op op, int64_t hw) {
   const int64_t row = blockIdx.x;
   const auto k = op.coef(row);
-  constexpr int64_t kChunk = int64_t(kThreads) * kUnroll;
+  constexpr int64_t kChunk = int64_t(kThreads) * kUnroll * V;
   for (int64_t chunk = blockIdx.y; chunk * kChunk < hw; chunk += gridDim.y) {
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t j = chunk * kChunk + u * kThreads + threadIdx.x;
-      if (j < hw) op(row * hw + j, k);
+      const int64_t j = chunk * kChunk + (u * kThreads + threadIdx.x) * V;
+      if (j < hw) op.template apply<V>(row * hw + j, k);
     }
   }
 }
@@ -409,22 +538,33 @@ __global__ void __launch_bounds__(kTileC * kTileRows)
   const auto k = op.coef(n * c + ch);
   const int64_t row0 = chunk * rows_per_chunk;
   const int64_t row1 = min64(hw, row0 + rows_per_chunk);
-  for (int64_t r = row0 + threadIdx.y; r < row1; r += kTileRows) op((n * hw + r) * c + ch, k);
+  for (int64_t r = row0 + threadIdx.y; r < row1; r += kTileRows) {
+    op.template apply<1>((n * hw + r) * c + ch, k);
+  }
 }
 
-template <typename Op>
+template <typename scalar_t, typename Op>
 cudaError_t launch_elementwise(const Op& op, const Activation& s, cudaStream_t stream) {
   if (s.channels_last) {
     const int64_t rows_per_chunk = int64_t(kTileRows) * kUnroll * 4;
     const int64_t chunks = ceil_div(s.hw, rows_per_chunk);
-    const dim3 grid(static_cast<unsigned>(s.n * chunks),
-                    static_cast<unsigned>(ceil_div(s.c, kTileC)));
+    if (!grid_fits(s.n * chunks, channel_tiles(s))) return cudaErrorInvalidConfiguration;
+    const dim3 grid(static_cast<unsigned>(s.n * chunks), channel_tiles(s));
     elementwise_channels_last_kernel<<<grid, dim3(kTileC, kTileRows), 0, stream>>>(
         op, s.hw, s.c, chunks, rows_per_chunk);
+    return cudaGetLastError();
+  }
+  if (!grid_fits(s.n * s.c, 1)) return cudaErrorInvalidConfiguration;
+  // 16-byte packs where every row starts on a pack boundary of aligned tensors.
+  constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+  const bool packed = s.hw % kPack == 0 && op.aligned_to(kVectorBytes);
+  const int64_t values_per_chunk = int64_t(kThreads) * kUnroll * (packed ? kPack : 1);
+  const dim3 grid(static_cast<unsigned>(s.n * s.c),
+                  static_cast<unsigned>(min64(kMaxGridY, ceil_div(s.hw, values_per_chunk))));
+  if (packed) {
+    elementwise_rows_kernel<kPack><<<grid, kThreads, 0, stream>>>(op, s.hw);
   } else {
-    const int64_t chunks = min64(kMaxGridY, ceil_div(s.hw, int64_t(kThreads) * kUnroll));
-    const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(chunks));
-    elementwise_rows_kernel<<<grid, kThreads, 0, stream>>>(op, s.hw);
+    elementwise_rows_kernel<1><<<grid, kThreads, 0, stream>>>(op, s.hw);
   }
   return cudaGetLastError();
 }
@@ -445,24 +585,14 @@ cudaError_t dispatch(DType dtype, const F& f) {
   return cudaErrorInvalidValue;
 }
 
-// No (n, c) pairs: nothing to launch (a grid may not be empty).
-bool empty(const Activation& s) { return s.n == 0 || s.c == 0; }
-
-// Channel tiles of a channels_last grid: its y dimension.
-unsigned channel_tiles(const Activation& s) {
-  return static_cast<unsigned>(ceil_div(s.c, kTileC));
-}
-
-unsigned merge_blocks(const Activation& s) {
-  return static_cast<unsigned>(ceil_div(s.n * s.c, kThreads));
-}
 
 }  // namespace
 
 int64_t reduction_workspace_bytes(const Activation& x, DType dtype) {
-  if (!x.channels_last) return 0;
+  const Segments seg = segments(x);
+  if (!x.channels_last && seg.count == 1) return 0;
   const int64_t acc_bytes = dtype == DType::kFloat64 ? 8 : 4;
-  return x.n * Segments(x.hw).count * 2 * x.c * acc_bytes;
+  return x.n * seg.count * 2 * x.c * acc_bytes;
 }
 
 cudaError_t launch_channel_moments(const void* x, DType dtype, const Activation& s, void* mean,
@@ -474,17 +604,22 @@ cudaError_t launch_channel_moments(const void* x, DType dtype, const Activation&
     const auto* data = static_cast<const scalar_t*>(x);
     auto* mean_out = static_cast<acc_t*>(mean);
     auto* var_out = static_cast<acc_t*>(var);
+    auto* partial = static_cast<acc_t*>(workspace);
+    const Segments seg = segments(s);
     if (s.channels_last) {
-      const Segments seg(s.hw);
-      auto* partial = static_cast<acc_t*>(workspace);
+      if (!grid_fits(s.n * seg.count, channel_tiles(s))) return cudaErrorInvalidConfiguration;
       const dim3 grid(static_cast<unsigned>(s.n * seg.count), channel_tiles(s));
       moments_segments_kernel<<<grid, dim3(kTileC, kTileRows), 0, stream>>>(data, s.hw, s.c,
                                                                              seg, partial);
+    } else {
+      if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
+      const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(seg.count));
+      moments_rows_kernel<<<grid, rows_block_threads(seg.rows_per_segment), 0, stream>>>(
+          data, s.hw, s.c, seg, RowsOutput<acc_t>{mean_out, var_out, partial});
+    }
+    if (s.channels_last || seg.count > 1) {
       merge_moment_segments_kernel<<<merge_blocks(s), kThreads, 0, stream>>>(
           partial, s.n * s.c, s.c, s.hw, seg, mean_out, var_out);
-    } else {
-      moments_rows_kernel<<<static_cast<unsigned>(s.n * s.c), rows_block_threads(s.hw), 0,
-                            stream>>>(data, s.hw, mean_out, var_out);
     }
     return cudaGetLastError();
   });
@@ -501,7 +636,7 @@ cudaError_t launch_channel_affine(const void* x, DType dtype, const Activation& 
                                 static_cast<const acc_t*>(center),
                                 static_cast<const acc_t*>(scale),
                                 static_cast<const acc_t*>(shift), static_cast<scalar_t*>(y)};
-    return launch_elementwise(op, s, stream);
+    return launch_elementwise<scalar_t>(op, s, stream);
   });
 }
 
@@ -518,17 +653,22 @@ cudaError_t launch_channel_affine_grad_sums(const void* grad_y, const void* x, D
     const auto* ctr = static_cast<const acc_t*>(center);
     auto* s_dy = static_cast<acc_t*>(sum_dy);
     auto* s_dy_xc = static_cast<acc_t*>(sum_dy_xc);
+    auto* partial = static_cast<acc_t*>(workspace);
+    const Segments seg = segments(s);
     if (s.channels_last) {
-      const Segments seg(s.hw);
-      auto* partial = static_cast<acc_t*>(workspace);
+      if (!grid_fits(s.n * seg.count, channel_tiles(s))) return cudaErrorInvalidConfiguration;
       const dim3 grid(static_cast<unsigned>(s.n * seg.count), channel_tiles(s));
       grad_sums_segments_kernel<<<grid, dim3(kTileC, kTileRows), 0, stream>>>(
           dy, data, s.hw, s.c, seg, ctr, partial);
+    } else {
+      if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
+      const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(seg.count));
+      grad_sums_rows_kernel<<<grid, rows_block_threads(seg.rows_per_segment), 0, stream>>>(
+          dy, data, s.hw, s.c, seg, ctr, RowsOutput<acc_t>{s_dy, s_dy_xc, partial});
+    }
+    if (s.channels_last || seg.count > 1) {
       add_grad_sum_segments_kernel<<<merge_blocks(s), kThreads, 0, stream>>>(
           partial, s.n * s.c, s.c, seg, s_dy, s_dy_xc);
-    } else {
-      grad_sums_rows_kernel<<<static_cast<unsigned>(s.n * s.c), rows_block_threads(s.hw), 0,
-                              stream>>>(dy, data, s.hw, ctr, s_dy, s_dy_xc);
     }
     return cudaGetLastError();
   });
@@ -548,7 +688,7 @@ cudaError_t launch_channel_affine_input_grad(const void* grad_y, const void* x, 
         static_cast<const acc_t*>(center),    static_cast<const acc_t*>(dy_scale),
         static_cast<const acc_t*>(x_scale),   static_cast<const acc_t*>(shift),
         static_cast<scalar_t*>(grad_x)};
-    return launch_elementwise(op, s, stream);
+    return launch_elementwise<scalar_t>(op, s, stream);
   });
 }
 
