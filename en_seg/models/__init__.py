@@ -3,8 +3,9 @@
 ``import en_seg`` registers them in mmengine's root ``MODELS`` registry where mmengine is
 installed (:mod:`en_seg.registry`).
 """
-from .exemplar_norm import ExemplarNorm2d
+from .exemplar_norm import ExemplarNorm2d, SyncExemplarNorm2d
 from .ratio_branch import exemplar_ratios_reference
-from .switchable_norm import SwitchableNorm2d
+from .switchable_norm import SwitchableNorm2d, SyncSwitchableNorm2d
 
-__all__ = ['ExemplarNorm2d', 'SwitchableNorm2d', 'exemplar_ratios_reference']
+__all__ = ['ExemplarNorm2d', 'SwitchableNorm2d', 'SyncExemplarNorm2d', 'SyncSwitchableNorm2d',
+           'exemplar_ratios_reference']

@@ -14,7 +14,8 @@ def prepare_launch(cfg: Config) -> None:
     from torchrun's environment, and lets DDP keep the CPU module (``device_ids=None``).
     Buffers are never broadcast (``broadcast_buffers=False``, also mmengine's default),
     so every process keeps its own running statistics: EN and SN are not synchronised
-    across processes (docs/method.md#no-synchronization-across-processes).
+    across processes unless built with ``sync_stats=True``
+    (docs/method.md#synchronization-across-processes).
 
     Args:
         cfg: the run's config, with ``cfg.launcher`` set; modified in place.
