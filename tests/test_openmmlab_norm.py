@@ -118,3 +118,14 @@ def test_sync_batchnorm_conversion_keeps_the_layers(norm):
     backbone = revert_sync_batchnorm(backbone)
     backbone.eval()
     assert backbone(torch.randn(1, 3, 32, 32))[0].isfinite().all()
+
+
+def test_en_configs_trained_from_scratch_keep_a_live_ratio_branch():
+    """zero_init_residual would zero every bottleneck's last EN with its ratio branch."""
+    model = build_segmentor('en')
+    model.init_weights()
+    last_norms = [m.bn3 for layer in (model.backbone.layer1, model.backbone.layer4)
+                  for m in layer]
+    for norm in last_norms:
+        assert norm.ratio_conv.weight.abs().sum() > 0
+        assert norm.ratio_fc1.weight.abs().sum() > 0

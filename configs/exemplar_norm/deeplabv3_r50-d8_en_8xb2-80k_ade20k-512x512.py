@@ -5,6 +5,9 @@ _base_ = './deeplabv3_r50-d8_syncbn_8xb2-80k_ade20k-512x512.py'
 
 norm_cfg = dict(type='EN', requires_grad=True)
 model = dict(
-    backbone=dict(norm_cfg=norm_cfg),
+    # Trained from scratch (pretrained=None), mmseg's ResNet would zero each bottleneck's
+    # last norm layer with all its submodules, EN's ratio branch included, whose
+    # gradients would then stay 0 (docs/method.md#initialization-in-openmmlab).
+    backbone=dict(norm_cfg=norm_cfg, zero_init_residual=False),
     decode_head=dict(norm_cfg=norm_cfg),
     auxiliary_head=dict(norm_cfg=norm_cfg))
