@@ -8,6 +8,9 @@ and ``nvcc`` is found, or when ``FORCE_CUDA=1``. ``TORCH_CUDA_ARCH_LIST`` (e.g.
 torch builds for the visible GPUs, and on a machine without one this file sets
 :data:`DEFAULT_CUDA_ARCHS`. The CUDA toolkit is ``CUDA_HOME`` (or ``CUDA_PATH``) when set,
 else the one the ``nvcc`` on the PATH reports, so that a wrapper script named nvcc works.
+
+The package also carries configs/, tools/ and model-index.yml as en_seg/.mim/, as
+OpenMMLab's toolboxes do (:data:`MIM_FILES`).
 """
 import glob
 import os
@@ -18,6 +21,7 @@ import sys
 
 import torch
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 #: GPU architectures of a CUDA build without TORCH_CUDA_ARCH_LIST and without a visible
 #: GPU: binaries for A100 (sm_80) and H100 / H200 (sm_90), and PTX that newer GPUs compile.
@@ -87,6 +91,46 @@ def _extension():
                          extra_link_args=openmp)
 
 
+#: Carried by the package under en_seg/.mim/, OpenMMLab's layout: mmengine resolves the
+#: config path ``en_seg::<path>`` to en_seg/.mim/configs/<path> (en_seg/config_scope.py)
+#: after reading en_seg/.mim/model-index.yml, and the tools run from there as mmseg's do.
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
+
+
+def _place_mim_files(mim_dir: str, link: bool) -> None:
+    """Put :data:`MIM_FILES` into ``mim_dir``: relative symbolic links or copies."""
+    os.makedirs(mim_dir, exist_ok=True)
+    for name in MIM_FILES:
+        target = os.path.join(mim_dir, name)
+        if os.path.islink(target) or os.path.isfile(target):
+            os.remove(target)
+        elif os.path.isdir(target):
+            shutil.rmtree(target)
+        if link:
+            os.symlink(os.path.relpath(name, mim_dir), target)
+        elif os.path.isdir(name):
+            shutil.copytree(name, target,
+                            ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+        else:
+            shutil.copyfile(name, target)
+
+
+class BuildPyWithMim(build_py):
+    """setuptools' build_py, plus :data:`MIM_FILES` under en_seg/.mim.
+
+    A wheel (``pip install .``) gets copies. An editable install imports en_seg from the
+    checkout, so there en_seg/.mim holds links to the originals (ignored by git), and
+    ``en_seg::`` loads a config as it is edited.
+    """
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            _place_mim_files(os.path.join('en_seg', '.mim'), link=True)
+        else:
+            _place_mim_files(os.path.join(self.build_lib, 'en_seg', '.mim'), link=False)
+
+
 setup(
     name='en-seg',
     version='0.1.0',
@@ -95,6 +139,13 @@ setup(
     python_requires='>=3.9',
     install_requires=['torch>=2.6', 'mmengine==0.10.7', 'mmcv==2.1.0',
                       'mmsegmentation==1.2.2', 'matplotlib', 'scikit-learn'],
+    # Optional: ImageNet pre-training of the backbones with mmpretrain
+    # (configs/exemplar_norm/resnet50-v1c_*_in1k.py), and ONNX export with an onnxruntime
+    # check (tools/export_onnx.py; onnxscript is what torch's dynamo exporter needs).
+    extras_require={
+        'pretrain': ['mmpretrain==1.2.0'],
+        'onnx': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.2'],
+    },
     ext_modules=[_extension()],
-    cmdclass={'build_ext': BuildExtension},
+    cmdclass={'build_ext': BuildExtension, 'build_py': BuildPyWithMim},
 )

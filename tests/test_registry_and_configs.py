@@ -126,9 +126,12 @@ def test_batchnorm_pretrained_backbone_loads_into_en_layers(tmp_path):
 
 # A norm_cfg type that is not registered -------------------------------------------------
 
-def test_every_config_passes_the_norm_cfg_check():
+def test_every_segmentation_config_passes_the_norm_cfg_check():
+    # The ImageNet configs' types resolve in mmpretrain's scope, which imports
+    # mmpretrain.models (as building them does): tests/test_pretraining.py.
     for config in CONFIGS:
-        check_norm_cfgs(Config.fromfile(config))
+        if not config.endswith('_in1k.py'):
+            check_norm_cfgs(Config.fromfile(config))
 
 
 def test_an_unknown_norm_cfg_type_is_named_with_where_it_sits_and_the_norm_layers():

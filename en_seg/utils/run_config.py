@@ -6,6 +6,8 @@ from typing import Optional
 
 from mmengine.config import Config, DictAction
 
+from .norm_cfg_check import check_norm_cfgs
+
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Add mmsegmentation's shared flags: --work-dir, --cfg-options, --launcher and the
@@ -23,12 +25,20 @@ def load_run_config(args: argparse.Namespace) -> Config:
 
     The work dir is, in order: ``--work-dir``, the config's ``work_dir``, or
     ``./work_dirs/<config name>``.
+
+    Raises:
+        SystemExit: with one line naming the problem, for a ``norm_cfg`` type that is not
+            a registered norm layer (:func:`~.norm_cfg_check.check_norm_cfgs`).
     """
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    try:
+        check_norm_cfgs(cfg)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     work_dir: Optional[str] = args.work_dir or cfg.get('work_dir')
     cfg.work_dir = work_dir or osp.join('./work_dirs',
                                         osp.splitext(osp.basename(args.config))[0])
