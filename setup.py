@@ -143,7 +143,8 @@ setup(
     # (configs/exemplar_norm/resnet50-v1c_*_in1k.py), and ONNX export with an onnxruntime
     # check (tools/export_onnx.py; onnxscript is what torch's dynamo exporter needs).
     extras_require={
-        'pretrain': ['mmpretrain==1.2.0'],
+        # mmpretrain imports torchvision without requiring it.
+        'pretrain': ['mmpretrain==1.2.0', 'torchvision'],
         'onnx': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.2'],
     },
     ext_modules=[_extension()],

@@ -1,8 +1,11 @@
-"""Train a segmentor with mmengine's Runner, the plug-in registered.
+"""Train a segmentor, or the ImageNet classifier that pre-trains its backbone, with
+mmengine's Runner, the plug-in registered; the config's ``default_scope`` (``mmseg`` or
+``mmpretrain``) picks the toolbox.
 
 Same flags as mmsegmentation's ``tools/train.py``. Example::
 
     python tools/train.py configs/exemplar_norm/deeplabv3_r50-d8_en_8xb2-80k_ade20k-512x512.py
+    python tools/train.py configs/exemplar_norm/resnet50-v1c_en_8xb32_in1k.py
     bash tools/dist_train.sh CONFIG 8 [--amp] [--resume] [--cfg-options ...]
 """
 import argparse
@@ -19,7 +22,7 @@ from en_seg.utils.run_config import add_run_arguments, load_run_config
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Train a segmentor (en-seg)')
+    parser = argparse.ArgumentParser(description='Train a segmentor or classifier (en-seg)')
     parser.add_argument('config', help='training config file path')
     parser.add_argument('--resume', action='store_true',
                         help='resume from the latest checkpoint in the work dir')
