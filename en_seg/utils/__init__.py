@@ -1,5 +1,6 @@
 """Helpers of the tools and tests, one module each, re-exporting nothing; they may import
-mmengine, torch and cv2, never another en_seg package.
+mmengine, torch and cv2 (and onnxruntime, in :mod:`.onnx_export`), never another en_seg
+package.
 
 - :mod:`.run_config`: the command-line options and config handling of tools/train.py and
   tools/test.py.
@@ -10,4 +11,6 @@ mmengine, torch and cv2, never another en_seg package.
   ``make demo`` and the tests.
 - :mod:`.synthetic_imagenet`: a tiny dataset in the real ImageNet layout, for the
   pre-training tests.
+- :mod:`.onnx_export`: a segmentor's logits exported to ONNX and run by onnxruntime, for
+  tools/export_onnx.py and the tests.
 """
