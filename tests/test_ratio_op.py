@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
 from en_seg.models import ExemplarNorm2d, exemplar_ratios_reference
-from en_seg.ops import ratio_op
+from en_seg.ops import fused_norm, ratio_op
 from en_seg.ops.ratio_op import exemplar_ratios
 from reference import ratio_inputs
 
@@ -279,6 +279,8 @@ def test_unbuilt_extension_falls_back_to_the_reference_with_one_warning(monkeypa
     monkeypatch.setattr(ratio_op, '_OP_CPU_DTYPES', ())
     monkeypatch.setattr(ratio_op, '_OP_CUDA_DTYPES', ())
     monkeypatch.setattr(ratio_op, '_warned', set())
+    # Without the extension there is no coefficient op either, which runs the branch itself.
+    monkeypatch.setattr(fused_norm, '_COEFFICIENT_DTYPES', {})
     layer = randomized_layer(torch.float32)
     reference = copy.deepcopy(layer)
     reference.ratio_impl = 'reference'

@@ -6,6 +6,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..ops import check_ratio_impl, exemplar_ratios
+from ..ops.coefficient_op import exemplar_norm, normalizer_codes
 from .mixed_norm import _MixedNorm
 
 
@@ -172,6 +173,21 @@ class ExemplarNorm2d(_MixedNorm):
         gain = ratios.unsqueeze(2) * self.weight.to(rstds.dtype) * rstds  # (N, K, C)
         shift = self.bias.to(rstds.dtype).sum(0) + (gain * (pooled.unsqueeze(1) - means)).sum(1)
         return gain.sum(1), shift
+
+    def _fuses_coefficients(self, x: Tensor) -> bool:
+        return self.ratio_impl == 'op' and super()._fuses_coefficients(x)
+
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        running_mean, running_var, tracked, batch_stats = self._coefficient_op_statistics()
+        y, ratios = exemplar_norm(
+            x, self.weight.to(dtype), self.bias.to(dtype), self.ratio_conv.weight.to(dtype),
+            self.ratio_fc1.weight.to(dtype), self.ratio_fc1.bias.to(dtype),
+            self.ratio_fc2.weight.to(dtype), self.ratio_fc2.bias.to(dtype), running_mean,
+            running_var, tracked, normalizer_codes(self.normalizers), batch_stats,
+            self.momentum, self.eps)
+        self.last_ratios = ratios.float()
+        return y
 
     def _ratios(self, pooled: Tensor, means: Tensor, rstds: Tensor) -> Tensor:
         dtype = pooled.dtype

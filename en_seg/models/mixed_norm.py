@@ -16,7 +16,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ..ops.fused_norm import channel_affine_norm, fused_kernels_available
+from ..ops.export import is_exporting
+from ..ops.fused_norm import (channel_affine_norm, fused_coefficients_available,
+                              fused_kernels_available)
 from .statistics import channel_moments, check_normalizers, merge_moments
 from .sync_statistics import group_batch_moments, group_size
 
@@ -277,6 +279,8 @@ class _MixedNorm(_InstanceNorm):
 
         with torch.autocast(x.device.type, enabled=False):
             if self.norm_impl == 'fused' and _fused_kernels_for(x, type(self).__name__):
+                if self._fuses_coefficients(x):
+                    return self._fused_forward(x)
                 return channel_affine_norm(x, coefficients)
             pooled, var = channel_moments(
                 x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
@@ -284,6 +288,33 @@ class _MixedNorm(_InstanceNorm):
             y = torch.addcmul((shift - scale * pooled)[:, :, None, None], x,
                               scale[:, :, None, None])
         return y.to(x.dtype)
+
+    def _fuses_coefficients(self, x: Tensor) -> bool:
+        """Whether this forward takes its coefficients from one compiled op
+        (:meth:`_fused_forward`) rather than from :meth:`_affine_coefficients`: not with
+        ``sync_stats`` (the all-reduce sits between the moments and the coefficients), not
+        while exporting, and only where the op has a kernel for x's statistics and the BN
+        member's running statistics share their dtype."""
+        if self.sync_stats or is_exporting() or not fused_coefficients_available(x):
+            return False
+        stats = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return ('BN' not in self.normalizers or self.running_mean is None
+                or self.running_mean.dtype == stats)
+
+    def _fused_forward(self, x: Tensor) -> Tensor:
+        """The layer's output by the ops of :mod:`en_seg.ops.coefficient_op`, in x's dtype;
+        also updates the running statistics, as :meth:`_statistics` does."""
+        raise NotImplementedError
+
+    def _coefficient_op_statistics(self) -> Tuple[Optional[Tensor], Optional[Tensor],
+                                                  Optional[Tensor], bool]:
+        """The coefficient ops' ``running_mean, running_var, num_batches_tracked`` (the
+        buffers where the pool has BN and they are kept, else None) and ``batch_stats``
+        (:meth:`_uses_batch_bn_stats`)."""
+        if 'BN' not in self.normalizers:
+            return None, None, None, True
+        return (self.running_mean, self.running_var, self.num_batches_tracked,
+                self._uses_batch_bn_stats())
 
     def _affine_coefficients(self, pooled: Tensor, var: Tensor,
                              count: int) -> Tuple[Tensor, Tensor]:

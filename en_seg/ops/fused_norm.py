@@ -3,24 +3,31 @@
 docs/method.md#statistics and #output (paper Sec. 3.1-3.3, Eq. 3). A mixed layer's output is
 an affine map of X per (n, c), ``y = scale * (x - mean) + shift``, whose (N, C)
 coefficients are a small differentiable function of the per-(n, c) moments (merging them
-into IN / LN / BN statistics, the ratio branch, γ and β). Four compiled ops
+into IN / LN / BN statistics, the ratio branch, γ and β). Five compiled ops
 (csrc/moments_apply.cpp; CPU and CUDA kernels) give a layer BatchNorm's memory passes:
 
 - ``torch.ops.en_seg.channel_moments(x) -> (mean, var)``: one read of X.
 - ``torch.ops.en_seg.channel_affine(x, center, scale, shift)``: one read and one write.
 - ``torch.ops.en_seg.channel_affine_grad_sums(grad_y, x, center) -> (Σ dy, Σ dy (x - c))``
   and ``torch.ops.en_seg.channel_affine_input_grad(grad_y, x, center, dy_scale, x_scale,
-  shift)``: the backward's one reduction pass and one elementwise pass.
+  shift)``: a backward's reduction pass and elementwise pass.
+- ``torch.ops.en_seg.channel_norm_input_grad(grad_y, x, mean, scale, sum_dy, grad_mean,
+  grad_var)``: a mixed layer's whole input gradient in one elementwise pass, given the
+  gradients that reach its moments.
 
-This module registers the ops' fake kernels and autograd formulas (so each op is a proper
-differentiable PyTorch op that ``torch.compile`` traces), and :func:`channel_affine_norm`,
-which strings them together into a layer's forward and backward.
+This module registers their fake kernels and the autograd formulas of the moments and the
+affine map (so that each is a differentiable op that ``torch.compile`` traces), says where
+the fused ops and the coefficient ops (:mod:`en_seg.ops.coefficient_op`, which chains them
+into a layer with one backward pass over X) have kernels, and gives
+:func:`channel_affine_norm`, a layer from a coefficient function written in PyTorch.
 """
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from ..models.statistics import channel_moments
+from .export import is_exporting
 
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.en_seg.*)
@@ -33,10 +40,21 @@ else:
 #: The coefficient function of :func:`channel_affine_norm`: (mean, var) -> (scale, shift).
 Coefficients = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
 
-_DEVICES_WITH_KERNELS = frozenset(
-    device for device in ('cpu', 'cuda')
-    if _LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(
-        'en_seg::channel_moments', device.upper()))
+
+def _devices_with_kernels(op: str) -> frozenset:
+    return frozenset(device for device in ('cpu', 'cuda')
+                     if _LOADED and hasattr(torch.ops.en_seg, op.split('::')[1])
+                     and torch._C._dispatch_has_kernel_for_dispatch_key(op, device.upper()))
+
+
+_DEVICES_WITH_KERNELS = _devices_with_kernels('en_seg::channel_moments')
+# The coefficient ops (en_seg.ops.coefficient_op) and channel_norm_input_grad came later:
+# an extension built before them has the other fused ops only. Their CPU kernels take
+# float32 and float64 statistics, the CUDA ones float32.
+_COEFFICIENT_DTYPES = {
+    device: (torch.float32, torch.float64) if device == 'cpu' else (torch.float32,)
+    for device in _devices_with_kernels('en_seg::exemplar_coefficients')
+    & _devices_with_kernels('en_seg::channel_norm_input_grad')}
 
 
 def fused_kernels_available(x: Tensor) -> bool:
@@ -46,6 +64,13 @@ def fused_kernels_available(x: Tensor) -> bool:
             and x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64))
 
 
+def fused_coefficients_available(x: Tensor) -> bool:
+    """Whether the coefficient ops have a kernel for the statistics of ``x`` (float64 for a
+    float64 x, else float32) on its device: CPU float32 and float64, CUDA float32."""
+    stats = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return stats in _COEFFICIENT_DTYPES.get(x.device.type, ())
+
+
 def channel_affine_norm(x: Tensor, coefficients: Coefficients) -> Tensor:
     """Normalize x by an affine map per (n, c) computed from its per-(n, c) moments.
 
@@ -53,14 +78,12 @@ def channel_affine_norm(x: Tensor, coefficients: Coefficients) -> Tensor:
     returns ``scale * (x - mean) + shift`` (paper Eq. 3 folded as in docs/method.md#output).
 
     Gradients flow through the moments into x and through ``coefficients`` (any
-    differentiable PyTorch code, e.g. the ratio branch, γ, β) into whatever it uses, by
-    ordinary autograd. The backward makes one reduction pass over (dY, X) and, after
-    autograd has taken the (N, C) sums through ``coefficients``, one elementwise pass:
-    ``dX = scale * dY + (2 g_var / M) (X - mean) + g_mean / M``, with g the total gradients
-    of the moments and M = H * W. Saved for backward: X and (N, C) tensors only.
-    First-order only (no double backward through X). Under ``torch.compile`` (and with grad
-    disabled) the ops are composed directly, with their own autograd formulas, which is
-    traceable but makes a few more passes over X in the backward.
+    differentiable PyTorch code, e.g. the ratio branch, γ, β, an all-reduce) into whatever it
+    uses, by the ops' own autograd formulas: the backward makes a reduction pass and three
+    elementwise passes over X (the affine map's dX, the moments' and their sum), where
+    :mod:`en_seg.ops.coefficient_op` makes one of each. Saved for backward: X and (N, C)
+    tensors only. First-order only. While exporting (:func:`~en_seg.ops.export.is_exporting`)
+    plain PyTorch ops stand in for the compiled ones.
 
     Args:
         x: (N, C, H, W) float16, bfloat16, float32 or float64 on a device for which
@@ -76,80 +99,22 @@ def channel_affine_norm(x: Tensor, coefficients: Coefficients) -> Tensor:
         RuntimeError: from the ops, for an x that is not 4-D or has H * W = 0, or for
             coefficients of another shape, dtype or device.
     """
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        # Nothing to differentiate, or a trace that needs the ops' own autograd formulas.
-        mean, var = torch.ops.en_seg.channel_moments(x)
-        scale, shift = coefficients(mean, var)
-        return torch.ops.en_seg.channel_affine(x, mean, scale, shift)
-    relay = _GradRelay()
-    mean, var = _Moments.apply(x, relay)
+    if is_exporting():
+        return _composed_affine_norm(x, coefficients)
+    mean, var = torch.ops.en_seg.channel_moments(x)
     scale, shift = coefficients(mean, var)
-    return _Affine.apply(x, mean, scale, shift, relay)
+    return torch.ops.en_seg.channel_affine(x, mean, scale, shift)
 
 
-class _GradRelay:
-    """Carries dY and scale from :class:`_Affine`'s backward to :class:`_Moments`'.
-
-    Autograd runs _Affine's backward first (its input ``mean`` is _Moments' output) and
-    _Moments' last, after the (N, C) coefficient graph between them, so _Moments' backward
-    can finish dX in the one elementwise pass that needs dY and the moments' gradients.
-    """
-
-    def __init__(self) -> None:
-        self.grad_y: Optional[Tensor] = None
-        self.scale: Optional[Tensor] = None
-
-
-class _Moments(torch.autograd.Function):
-    """(mean, var) = channel_moments(x); its backward computes all of dX (see _Affine)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, relay: _GradRelay) -> Tuple[Tensor, Tensor]:
-        mean, var = torch.ops.en_seg.channel_moments(x)
-        ctx.save_for_backward(x, mean)
-        ctx.relay = relay
-        return mean, var
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_mean: Tensor, grad_var: Tensor) -> Tuple[Optional[Tensor], None]:
-        x, mean = ctx.saved_tensors
-        relay = ctx.relay
-        grad_y, scale = relay.grad_y, relay.scale
-        relay.grad_y = relay.scale = None
-        inv_m = 1.0 / (x.shape[2] * x.shape[3])
-        x_scale = grad_var * (2 * inv_m)
-        shift = grad_mean * inv_m
-        if grad_y is None:
-            # y did not reach the loss: only the moments' own gradient remains.
-            return torch.ops.en_seg.channel_affine(x, mean, x_scale, shift), None
-        return torch.ops.en_seg.channel_affine_input_grad(grad_y, x, mean, scale, x_scale,
-                                                          shift), None
-
-
-class _Affine(torch.autograd.Function):
-    """y = scale * (x - mean) + shift; its backward is the reduction pass.
-
-    It returns the gradients of mean, scale and shift from Σ dY and Σ dY (X - mean), and no
-    gradient for x: the direct term scale * dY joins the moments' terms in _Moments'
-    backward, so dX is written once.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor,
-                relay: _GradRelay) -> Tensor:
-        ctx.save_for_backward(x, mean, scale)
-        ctx.relay = relay
-        return torch.ops.en_seg.channel_affine(x, mean, scale, shift)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: Tensor) -> Tuple[None, Tensor, Tensor, Tensor, None]:
-        x, mean, scale = ctx.saved_tensors
-        sum_dy, sum_dy_xc = torch.ops.en_seg.channel_affine_grad_sums(grad_y, x, mean)
-        if ctx.needs_input_grad[0]:
-            ctx.relay.grad_y, ctx.relay.scale = grad_y, scale
-        return None, -scale * sum_dy, sum_dy_xc, sum_dy, None
+def _composed_affine_norm(x: Tensor, coefficients: Coefficients) -> Tensor:
+    """:func:`channel_affine_norm` in plain PyTorch ops, which every exporter translates:
+    the moments by :func:`~en_seg.models.statistics.channel_moments`, the same statistics
+    dtype as the ops'."""
+    stats = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    mean, var = channel_moments(stats)
+    scale, shift = coefficients(mean, var)
+    y = torch.addcmul((shift - scale * mean)[:, :, None, None], stats, scale[:, :, None, None])
+    return y.to(x.dtype)
 
 
 def _stats_like(x: Tensor) -> Tensor:
@@ -194,6 +159,13 @@ if _LOADED:
     def _channel_affine_input_grad_fake(grad_y, x, center, dy_scale, x_scale, shift):
         _check_fake_input('en_seg::channel_affine_input_grad', x)
         return _activation_like(x)
+
+    if _COEFFICIENT_DTYPES:
+
+        @torch.library.register_fake('en_seg::channel_norm_input_grad')
+        def _channel_norm_input_grad_fake(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var):
+            _check_fake_input('en_seg::channel_norm_input_grad', x)
+            return _activation_like(x)
 
     def _moments_setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], output[0])

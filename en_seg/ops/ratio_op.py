@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..models.ratio_branch import exemplar_ratios_reference
+from .export import is_exporting
 
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.en_seg.*)
@@ -92,7 +93,8 @@ def exemplar_ratios(pooled: Tensor, means: Tensor, rstds: Tensor, conv_weight: T
         fc1_weight, fc1_bias: (πK, K²) and (πK,), the first fully connected layer.
         fc2_weight, fc2_bias: (K, πK) and (K,), the second fully connected layer.
         impl: ``'op'`` for ``torch.ops.en_seg.exemplar_ratios`` where it has a kernel (CPU
-            float32 / float64, CUDA float32), else the reference; ``'reference'`` for
+            float32 / float64, CUDA float32) and no exporter traces
+            (:func:`~en_seg.ops.export.is_exporting`), else the reference; ``'reference'`` for
             :func:`~en_seg.models.ratio_branch.exemplar_ratios_reference`. Default: 'op'.
         All tensors share one floating dtype and device. Differentiable in every input
         (first order; the op has no double backward).
@@ -111,7 +113,7 @@ def exemplar_ratios(pooled: Tensor, means: Tensor, rstds: Tensor, conv_weight: T
             CUDA input); the message says how to build it.
     """
     args = (pooled, means, rstds, conv_weight, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-    if impl == 'op':
+    if impl == 'op' and not is_exporting():
         # At small N the op's cost is nearly all fixed per-call overhead
         # (docs/benchmark_ratio.md), so the dispatch test is the cheapest one available:
         # Tensor.is_cpu / is_cuda rather than comparing (device.type, dtype).

@@ -7,7 +7,6 @@
 #include <utility>
 
 namespace en_seg {
-namespace {
 
 void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim,
                const char* expected) {
@@ -15,17 +14,12 @@ void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t di
               expected);
 }
 
-// `shape` is a braced list at every call: an IntArrayRef of it allocates nothing, and the
-// checks run on every call of the ops.
 void check_shape(const char* op, const char* name, const at::Tensor& t, c10::IntArrayRef shape,
                  const char* expected) {
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " has shape ", t.sizes(), ", expected ",
               expected, " = ", shape);
 }
 
-using NamedTensors = std::initializer_list<std::pair<const char*, const at::Tensor*>>;
-
-// `first` has a floating dtype and every tensor of `others` has its dtype and device.
 void check_like(const char* op, const char* first_name, const at::Tensor& first,
                 NamedTensors others) {
   TORCH_CHECK(at::isFloatingType(first.scalar_type()), op,
@@ -40,6 +34,8 @@ void check_like(const char* op, const char* first_name, const at::Tensor& first,
   }
 }
 
+namespace {
+
 // The statistics' sizes: `stats` (N, K, C) with C >= 1 and 1 <= K <= kMaxNormalizers.
 ratio::Sizes check_statistics(const char* op, const char* name, const at::Tensor& stats) {
   check_dim(op, name, stats, 3, "(N, K, C)");
@@ -51,8 +47,8 @@ ratio::Sizes check_statistics(const char* op, const char* name, const at::Tensor
   return ratio::Sizes{stats.size(0), stats.size(2), 1, 0, static_cast<int>(k)};
 }
 
-// conv_w (C / r, r, 1), fc1_w (P, K * K) and fc2_w (K, P) for the C and K of `sizes`,
-// whose r and P they set.
+}  // namespace
+
 void check_weights(const char* op, const at::Tensor& conv_w, const at::Tensor& fc1_w,
                    const at::Tensor& fc2_w, ratio::Sizes& sizes) {
   check_dim(op, "conv_w", conv_w, 3, "(C / r, r, 1)");
@@ -65,8 +61,6 @@ void check_weights(const char* op, const at::Tensor& conv_w, const at::Tensor& f
   check_shape(op, "fc1_w", fc1_w, {sizes.hidden, sizes.k * sizes.k}, "(P, K * K)");
   check_shape(op, "fc2_w", fc2_w, {sizes.k, sizes.hidden}, "(K, P)");
 }
-
-}  // namespace
 
 RatioArgs check_ratio_args(const char* op, const at::Tensor& pooled, const at::Tensor& means,
                            const at::Tensor& rstds, const at::Tensor& conv_w,

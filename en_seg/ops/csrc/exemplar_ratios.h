@@ -4,11 +4,34 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <initializer_list>
 #include <tuple>
+#include <utility>
 
 #include "ratio_math.h"
 
 namespace en_seg {
+
+// Checks shared with the coefficient ops (coefficients.cpp); each raises c10::Error naming
+// `op`, the tensor, its shape and the expected one.
+void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim,
+               const char* expected);
+
+// `shape` is a braced list at every call: an IntArrayRef of it allocates nothing, and the
+// checks run on every call of the ops.
+void check_shape(const char* op, const char* name, const at::Tensor& t, c10::IntArrayRef shape,
+                 const char* expected);
+
+using NamedTensors = std::initializer_list<std::pair<const char*, const at::Tensor*>>;
+
+// `first` has a floating dtype and every tensor of `others` has its dtype and device.
+void check_like(const char* op, const char* first_name, const at::Tensor& first,
+                NamedTensors others);
+
+// conv_w (C / r, r, 1), fc1_w (P, K * K) and fc2_w (K, P) for the C and K of `sizes`,
+// whose r and P they set.
+void check_weights(const char* op, const at::Tensor& conv_w, const at::Tensor& fc1_w,
+                   const at::Tensor& fc2_w, ratio::Sizes& sizes);
 
 // The forward's inputs, checked and made contiguous, with the sizes they imply.
 struct RatioArgs {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "exemplar_ratios.h"
+#include "exemplar_ratios_cpu.h"
 
 namespace en_seg {
 namespace {
@@ -317,7 +318,8 @@ RatioGradTensors exemplar_ratios_backward_cpu(const at::Tensor& grad,
       "en_seg::exemplar_ratios_backward", grad, activations, rstds, conv_w, fc1_w, fc2_w);
   RatioGradBuffers out(args);
   const Sizes& s = args.sizes;
-  at::Tensor workspace = at::empty({s.n * (s.k + s.hidden + s.c)}, args.rstds.options());
+  at::Tensor workspace =
+      at::empty({cpu::exemplar_ratios_backward_workspace(s)}, args.rstds.options());
   AT_DISPATCH_FLOATING_TYPES(args.rstds.scalar_type(), "exemplar_ratios_backward_cpu", [&] {
     backward_kernel(s, args.inputs<scalar_t>(), out.grads<scalar_t>(),
                     workspace.data_ptr<scalar_t>());
@@ -326,6 +328,33 @@ RatioGradTensors exemplar_ratios_backward_cpu(const at::Tensor& grad,
 }
 
 }  // namespace
+
+namespace cpu {
+
+template <typename T>
+void exemplar_ratios_forward(const Sizes& sizes, const Inputs<T>& inputs, T* ratios,
+                             T* activations) {
+  forward_kernel(sizes, inputs, ratios, activations);
+}
+
+int64_t exemplar_ratios_backward_workspace(const Sizes& s) {
+  return s.n * (s.k + s.hidden + s.c);
+}
+
+template <typename T>
+void exemplar_ratios_backward(const Sizes& sizes, const BackwardInputs<T>& inputs,
+                              const Grads<T>& grads, T* workspace) {
+  backward_kernel(sizes, inputs, grads, workspace);
+}
+
+template void exemplar_ratios_forward(const Sizes&, const Inputs<float>&, float*, float*);
+template void exemplar_ratios_forward(const Sizes&, const Inputs<double>&, double*, double*);
+template void exemplar_ratios_backward(const Sizes&, const BackwardInputs<float>&,
+                                       const Grads<float>&, float*);
+template void exemplar_ratios_backward(const Sizes&, const BackwardInputs<double>&,
+                                       const Grads<double>&, double*);
+
+}  // namespace cpu
 
 TORCH_LIBRARY_IMPL(en_seg, CPU, m) {
   m.impl("exemplar_ratios", &exemplar_ratios_cpu);

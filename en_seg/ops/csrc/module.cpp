@@ -36,3 +36,61 @@ TORCH_LIBRARY(en_seg, m) {
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 }
+
+// The coefficient ops of the mixed layers and their apply ops (coefficients.cpp has their
+// math and how a layer chains them). `normalizers` lists the pool's codes in order, IN = 0,
+// LN = 1, BN = 2; mean and var are the (N, C) moments of channel_moments, float32 or
+// float64, and every other tensor has their dtype. batch_stats: BN normalizes by the batch
+// statistics (else by running_mean and running_var); with batch_stats and the running
+// statistics given (BN in the pool), they are updated in place like nn.BatchNorm2d's, with
+// `momentum` (None: the cumulative average) and count = N * H * W values per channel.
+TORCH_LIBRARY_FRAGMENT(en_seg, m) {
+  m.set_python_module("en_seg.ops.coefficient_op");
+  // EN: scale, shift (N, C) of y = scale * (x - mean) + shift (paper Eq. 3), the ratios λ
+  // (N, K), and saved, what the backward needs (not differentiable).
+  m.def(
+      "exemplar_coefficients(Tensor mean, Tensor var, Tensor weight, Tensor bias, "
+      "Tensor conv_w, Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b, "
+      "Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, "
+      "int[] normalizers, bool batch_stats, float? momentum, float eps, int count) -> "
+      "(Tensor scale, Tensor shift, Tensor ratios, Tensor saved)",
+      {at::Tag::pt2_compliant_tag});
+  // The gradients of mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b from those
+  // of scale and shift.
+  m.def(
+      "exemplar_coefficients_backward(Tensor grad_scale, Tensor grad_shift, Tensor saved, "
+      "Tensor weight, Tensor conv_w, Tensor fc1_w, Tensor fc2_w, int[] normalizers, "
+      "bool batch_stats) -> (Tensor grad_mean, Tensor grad_var, Tensor grad_weight, "
+      "Tensor grad_bias, Tensor grad_conv_w, Tensor grad_fc1_w, Tensor grad_fc1_b, "
+      "Tensor grad_fc2_w, Tensor grad_fc2_b)",
+      {at::Tag::pt2_compliant_tag});
+  // y = scale * (x - mean) + shift, whose backward is the whole EN layer's: the gradients
+  // of x and of the seven parameters, for mean = channel_moments(x)[0] and scale, shift,
+  // saved from exemplar_coefficients of the same parameters.
+  m.def(
+      "exemplar_norm_apply(Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor saved, "
+      "Tensor weight, Tensor bias, Tensor conv_w, Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, "
+      "Tensor fc2_b, int[] normalizers, bool batch_stats) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  // SN: scale, shift (N, C) and saved.
+  m.def(
+      "switchable_coefficients(Tensor mean, Tensor var, Tensor weight, Tensor bias, "
+      "Tensor mean_weight, Tensor var_weight, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, int[] normalizers, "
+      "bool batch_stats, float? momentum, float eps, int count) -> "
+      "(Tensor scale, Tensor shift, Tensor saved)",
+      {at::Tag::pt2_compliant_tag});
+  // The gradients of mean, var, weight, bias, mean_weight, var_weight.
+  m.def(
+      "switchable_coefficients_backward(Tensor grad_scale, Tensor grad_shift, Tensor saved, "
+      "Tensor weight, int[] normalizers, bool batch_stats) -> (Tensor grad_mean, "
+      "Tensor grad_var, Tensor grad_weight, Tensor grad_bias, Tensor grad_mean_weight, "
+      "Tensor grad_var_weight)",
+      {at::Tag::pt2_compliant_tag});
+  // As exemplar_norm_apply, for SN's four parameters.
+  m.def(
+      "switchable_norm_apply(Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor saved, "
+      "Tensor weight, Tensor bias, Tensor mean_weight, Tensor var_weight, int[] normalizers, "
+      "bool batch_stats) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+}

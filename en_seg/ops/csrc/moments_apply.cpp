@@ -93,6 +93,22 @@ InputGradArgs check_input_grad_args(const at::Tensor& grad_y, const at::Tensor& 
           check_coefficient(op, "shift", shift, a)};
 }
 
+NormInputGradArgs check_norm_input_grad_args(const at::Tensor& grad_y, const at::Tensor& x,
+                                             const at::Tensor& mean, const at::Tensor& scale,
+                                             const at::Tensor& sum_dy,
+                                             const at::Tensor& grad_mean,
+                                             const at::Tensor& grad_var) {
+  const char* op = "en_seg::channel_norm_input_grad";
+  const Activation a = check_activation(op, x);
+  return {a,
+          match_activation(op, "grad_y", grad_y, a),
+          check_coefficient(op, "mean", mean, a),
+          check_coefficient(op, "scale", scale, a),
+          check_coefficient(op, "sum_dy", sum_dy, a),
+          check_coefficient(op, "grad_mean", grad_mean, a),
+          check_coefficient(op, "grad_var", grad_var, a)};
+}
+
 at::Tensor empty_stats(const Activation& x) {
   return at::empty({x.n, x.c}, x.tensor.options().dtype(stats_dtype(x.tensor.scalar_type())));
 }
@@ -123,5 +139,14 @@ TORCH_LIBRARY_FRAGMENT(en_seg, m) {
   // dx = dy_scale * dy + x_scale * (x - center) + shift per (n, c).
   m.def("channel_affine_input_grad(Tensor grad_y, Tensor x, Tensor center, Tensor dy_scale, "
         "Tensor x_scale, Tensor shift) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // dx of y = scale * (x - mean) + shift with mean, var the moments of x over M = H * W
+  // values, given Σ dy per (n, c) and the gradients grad_mean, grad_var that reach the
+  // moments through scale and shift: dx = scale * dy + (grad_mean - scale * sum_dy
+  // + 2 * grad_var * (x - mean)) / M, the first term direct, the second through mean as the
+  // centre, the rest through the moments (a mixed layer's input gradient,
+  // docs/method.md#output).
+  m.def("channel_norm_input_grad(Tensor grad_y, Tensor x, Tensor mean, Tensor scale, "
+        "Tensor sum_dy, Tensor grad_mean, Tensor grad_var) -> Tensor",
         {at::Tag::pt2_compliant_tag});
 }

@@ -1,6 +1,7 @@
 // Argument checking shared by the CPU and CUDA kernels of the fused statistics / apply ops
-// en_seg::channel_moments, channel_affine, channel_affine_grad_sums and
-// channel_affine_input_grad (schemas and their math in moments_apply.cpp).
+// en_seg::channel_moments, channel_affine, channel_affine_grad_sums,
+// channel_affine_input_grad and channel_norm_input_grad (schemas and their math in
+// moments_apply.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -56,6 +57,16 @@ struct InputGradArgs {  // en_seg::channel_affine_input_grad
 InputGradArgs check_input_grad_args(const at::Tensor& grad_y, const at::Tensor& x,
                                     const at::Tensor& center, const at::Tensor& dy_scale,
                                     const at::Tensor& x_scale, const at::Tensor& shift);
+
+struct NormInputGradArgs {  // en_seg::channel_norm_input_grad
+  Activation x;
+  at::Tensor grad_y, mean, scale, sum_dy, grad_mean, grad_var;
+};
+NormInputGradArgs check_norm_input_grad_args(const at::Tensor& grad_y, const at::Tensor& x,
+                                             const at::Tensor& mean, const at::Tensor& scale,
+                                             const at::Tensor& sum_dy,
+                                             const at::Tensor& grad_mean,
+                                             const at::Tensor& grad_var);
 
 // An uninitialised (N, C) tensor of stats_dtype(x) on x's device.
 at::Tensor empty_stats(const Activation& x);

@@ -1,5 +1,6 @@
-// CPU kernels of en_seg::channel_moments, channel_affine, channel_affine_grad_sums and
-// channel_affine_input_grad (schemas and math in moments_apply.cpp).
+// CPU kernels of en_seg::channel_moments, channel_affine, channel_affine_grad_sums,
+// channel_affine_input_grad and channel_norm_input_grad (schemas and math in
+// moments_apply.cpp).
 //
 // Memory-bound passes, vectorized with at::vec::Vectorized and spread over threads with
 // at::parallel_for. Accumulation is in at::opmath_type (float32 for half precision and
@@ -398,6 +399,27 @@ at::Tensor channel_affine_cpu(const at::Tensor& input, const at::Tensor& center,
   return y;
 }
 
+// dx = dy_scale * dy + x_scale * (x - center) + shift, the (N, C) coefficients in acc_t.
+template <typename scalar_t, typename acc_t>
+void input_grad_pass(const Activation& x, const at::Tensor& grad_y, const acc_t* ctr,
+                     const acc_t* a, const acc_t* k1, const acc_t* b, at::Tensor& dx) {
+  const scalar_t* const in[2] = {grad_y.const_data_ptr<scalar_t>(),
+                                 x.tensor.const_data_ptr<scalar_t>()};
+  for_each_row<scalar_t, acc_t, 2>(
+      x, in, dx.data_ptr<scalar_t>(),
+      [&](const acc_t* const* args, acc_t* out, int64_t len, int64_t k, bool row_const) {
+        if (row_const) {
+          input_grad_row(args[0], args[1], len, RowConstant<acc_t>{ctr[k]},
+                         RowConstant<acc_t>{a[k]}, RowConstant<acc_t>{k1[k]},
+                         RowConstant<acc_t>{b[k]}, out);
+        } else {
+          input_grad_row(args[0], args[1], len, PerElement<acc_t>{ctr + k},
+                         PerElement<acc_t>{a + k}, PerElement<acc_t>{k1 + k},
+                         PerElement<acc_t>{b + k}, out);
+        }
+      });
+}
+
 at::Tensor channel_affine_input_grad_cpu(const at::Tensor& grad_y, const at::Tensor& input,
                                          const at::Tensor& center, const at::Tensor& dy_scale,
                                          const at::Tensor& x_scale, const at::Tensor& shift) {
@@ -408,25 +430,40 @@ at::Tensor channel_affine_input_grad_cpu(const at::Tensor& grad_y, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
                                   "channel_affine_input_grad_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t* ctr = args.center.const_data_ptr<acc_t>();
-    const acc_t* a = args.dy_scale.const_data_ptr<acc_t>();
-    const acc_t* k1 = args.x_scale.const_data_ptr<acc_t>();
-    const acc_t* b = args.shift.const_data_ptr<acc_t>();
-    const scalar_t* const in[2] = {args.grad_y.const_data_ptr<scalar_t>(),
-                                   x.tensor.const_data_ptr<scalar_t>()};
-    for_each_row<scalar_t, acc_t, 2>(
-        x, in, dx.data_ptr<scalar_t>(),
-        [&](const acc_t* const* args, acc_t* out, int64_t len, int64_t k, bool row_const) {
-          if (row_const) {
-            input_grad_row(args[0], args[1], len, RowConstant<acc_t>{ctr[k]},
-                           RowConstant<acc_t>{a[k]}, RowConstant<acc_t>{k1[k]},
-                           RowConstant<acc_t>{b[k]}, out);
-          } else {
-            input_grad_row(args[0], args[1], len, PerElement<acc_t>{ctr + k},
-                           PerElement<acc_t>{a + k}, PerElement<acc_t>{k1 + k},
-                           PerElement<acc_t>{b + k}, out);
-          }
-        });
+    input_grad_pass<scalar_t>(x, args.grad_y, args.center.const_data_ptr<acc_t>(),
+                              args.dy_scale.const_data_ptr<acc_t>(),
+                              args.x_scale.const_data_ptr<acc_t>(),
+                              args.shift.const_data_ptr<acc_t>(), dx);
+  });
+  return dx;
+}
+
+// channel_affine_input_grad with dy_scale = scale, x_scale = 2 grad_var / M and
+// shift = (grad_mean - scale * sum_dy) / M (moments_apply.cpp).
+at::Tensor channel_norm_input_grad_cpu(const at::Tensor& grad_y, const at::Tensor& input,
+                                       const at::Tensor& mean, const at::Tensor& scale,
+                                       const at::Tensor& sum_dy, const at::Tensor& grad_mean,
+                                       const at::Tensor& grad_var) {
+  const NormInputGradArgs args =
+      check_norm_input_grad_args(grad_y, input, mean, scale, sum_dy, grad_mean, grad_var);
+  const Activation& x = args.x;
+  at::Tensor dx = empty_activation(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
+                                  "channel_norm_input_grad_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* a = args.scale.const_data_ptr<acc_t>();
+    const acc_t* s_dy = args.sum_dy.const_data_ptr<acc_t>();
+    const acc_t* g_mean = args.grad_mean.const_data_ptr<acc_t>();
+    const acc_t* g_var = args.grad_var.const_data_ptr<acc_t>();
+    const int64_t nc = x.n * x.c;
+    const acc_t inv_m = acc_t(1) / acc_t(x.hw);
+    std::vector<acc_t> x_scale(nc), shift(nc);
+    for (int64_t i = 0; i < nc; ++i) {
+      x_scale[i] = acc_t(2) * g_var[i] * inv_m;
+      shift[i] = (g_mean[i] - a[i] * s_dy[i]) * inv_m;
+    }
+    input_grad_pass<scalar_t>(x, args.grad_y, args.mean.const_data_ptr<acc_t>(), a,
+                              x_scale.data(), shift.data(), dx);
   });
   return dx;
 }
@@ -566,6 +603,7 @@ TORCH_LIBRARY_IMPL(en_seg, CPU, m) {
   m.impl("channel_affine", &channel_affine_cpu);
   m.impl("channel_affine_grad_sums", &channel_affine_grad_sums_cpu);
   m.impl("channel_affine_input_grad", &channel_affine_input_grad_cpu);
+  m.impl("channel_norm_input_grad", &channel_norm_input_grad_cpu);
 }
 
 }  // namespace en_seg
