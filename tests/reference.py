@@ -64,8 +64,9 @@ def randomized(layer, seed=0):
     with torch.no_grad():
         for param in layer.parameters():
             param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype))
-        layer.running_mean.copy_(torch.randn(layer.num_features, generator=gen))
-        layer.running_var.copy_(torch.rand(layer.num_features, generator=gen) + 0.5)
+        if layer.running_mean is not None:
+            layer.running_mean.copy_(torch.randn(layer.num_features, generator=gen))
+            layer.running_var.copy_(torch.rand(layer.num_features, generator=gen) + 0.5)
     return layer
 
 

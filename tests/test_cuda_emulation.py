@@ -16,7 +16,7 @@ builds the kernels from a copy of en_seg/ops/csrc/cuda (in a copy of csrc, whose
 ratio_math.h they include). From the repository root, deleting each ``__syncthreads();``
 of both kernel files in turn must make every run fail (none prints NOT CAUGHT)::
 
-    for f in moments_apply exemplar_ratios; do
+    for f in moments_apply exemplar_ratios coefficients; do
       src=en_seg/ops/csrc/cuda/${f}_kernel.cu copy=/tmp/csrc/cuda/${f}_kernel.cu
       for n in $(seq $(grep -c '__syncthreads();' $src)); do
         rm -rf /tmp/csrc && cp -r en_seg/ops/csrc /tmp/csrc
@@ -32,6 +32,7 @@ and so must each shift of a shuffle offset, e.g. (one at a time, on a fresh copy
     sed -i 's|m.mean, offset)|m.mean, offset + 1)|' /tmp/csrc/cuda/moments_apply_kernel.cu
     sed -i 's|s.dy_xc, offset)|s.dy_xc, offset - 1)|' /tmp/csrc/cuda/moments_apply_kernel.cu
     sed -i 's|sum, offset)|sum, offset / 2)|' /tmp/csrc/cuda/exemplar_ratios_kernel.cu
+    sed -i 's|v\\[j\\], offset)|v[j], offset / 2)|' /tmp/csrc/cuda/coefficients_kernel.cu
 
 followed by the pytest line above.
 """
@@ -42,11 +43,12 @@ import sys
 import pytest
 import torch
 
-import en_seg.ops  # noqa: F401  (registers torch.ops.en_seg.*, the CPU kernels)
+import en_seg.ops.coefficient_op  # noqa: F401  (registers torch.ops.en_seg.*, the CPU kernels)
 from cuda_emulation import build, kernels
 from cuda_emulation.kernels import EmulationError, Probe
 from reference import ratio_inputs
 
+ops = torch.ops.en_seg
 pytestmark = pytest.mark.skipif(
     build.CXX is None, reason='g++ not found: the CUDA emulation compiles the kernels with it')
 
@@ -82,6 +84,11 @@ def moments_apply(libraries):
 @pytest.fixture(scope='module')
 def ratios(libraries):
     return kernels.ExemplarRatios(libraries['exemplar_ratios'])
+
+
+@pytest.fixture(scope='module')
+def coefficient_ops(libraries):
+    return kernels.Coefficients(libraries['coefficients'])
 
 
 @pytest.fixture(scope='module')
@@ -220,6 +227,24 @@ def test_channels_first_reductions_split_rows_when_few(moments_apply, shape, seg
     assert moments_apply._workspace_bytes(dtype_code, n, c, h * w, 0) == expected
 
 
+@dtypes
+@shapes
+@layouts
+def test_channel_norm_input_grad(moments_apply, in_every_order, shape, dtype, channels_last):
+    x = activation(shape, dtype, channels_last, seed=0)
+    dy = activation(shape, dtype, channels_last, seed=5)
+    mean, scale, sum_dy, grad_mean, grad_var = coefficients(shape, dtype, 5)
+    dx, = in_every_order(lambda: [moments_apply.channel_norm_input_grad(
+        dy, x, channels_last, mean, scale, sum_dy, grad_mean, grad_var)])
+    # The kernel's coefficients and order, each operation rounded in the statistics' dtype.
+    acc = mean.dtype
+    inv_m = torch.tensor(1, dtype=acc) / (shape[2] * shape[3])
+    x_scale, shift = 2 * grad_var * inv_m, (grad_mean - scale * sum_dy) * inv_m
+    expected = (per_row(scale) * dy.to(acc) + per_row(x_scale) * (x.to(acc) - per_row(mean))
+                + per_row(shift))
+    assert torch.equal(dx, expected.to(dtype))
+
+
 def float_ratio_inputs(n, k, c, r, hidden):
     """The forward's 8 float32 inputs, as tests/test_ratio_op.py makes them."""
     return [t.detach() for t in ratio_inputs(n, k, c, r, torch.float32, hidden=hidden)]
@@ -244,6 +269,84 @@ def test_exemplar_ratios_backward(ratios, in_every_order, n, k, c, r, hidden):
     grads = in_every_order(lambda: ratios.backward(*inputs))
     for actual, expected in zip(grads, torch.ops.en_seg.exemplar_ratios_backward(*inputs)):
         assert_close_scaled(actual, expected, RATIO_TOLERANCE, RATIO_TOLERANCE)
+
+
+# (N, C, r, P): one sample; C beyond one block's 256 threads and not a multiple of 32.
+COEFFICIENT_SIZES = [(1, 32, 32, 6), (3, 40, 8, 150), (2, 600, 8, 30)]
+# (pool codes, batch_stats, running statistics kept, momentum): training with BN's update,
+# the cumulative average, evaluation on the running statistics, no running statistics,
+# pools without BN or LN.
+COEFFICIENT_MODES = [((0, 1, 2), True, True, 0.1), ((2, 0), True, True, None),
+                     ((0, 1, 2), False, True, 0.1), ((1, 2), True, False, 0.1),
+                     ((0, 1), True, True, 0.1), ((2,), True, True, 0.1), ((1,), True, True, 0.1)]
+MODE_IDS = ['train', 'cumulative', 'eval', 'untracked', 'no-BN', 'BN', 'LN']
+
+
+def coefficient_case(n, c, k, seed=0):
+    """The moments and running statistics the coefficient ops take (float32)."""
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.randn(n, c, generator=gen) + 1
+    var = torch.rand(n, c, generator=gen) + 0.2
+    running = [torch.randn(c, generator=gen), torch.rand(c, generator=gen) + 0.5,
+               torch.tensor(3)]
+    return mean, var, running
+
+
+def with_running(running, kept, run):
+    """run(running_mean, running_var, num_batches_tracked) on fresh copies, then the copies."""
+    copies = [t.clone() for t in running] if kept else [None, None, None]
+    outputs = list(run(*copies))
+    return outputs + ([t.float() for t in copies] if kept else [])
+
+
+@pytest.mark.parametrize('mode', COEFFICIENT_MODES, ids=MODE_IDS)
+@pytest.mark.parametrize('n, c, r, hidden', COEFFICIENT_SIZES)
+def test_exemplar_coefficients(coefficient_ops, in_every_order, n, c, r, hidden, mode):
+    codes, batch_stats, kept, momentum = mode
+    k = len(codes)
+    mean, var, running = coefficient_case(n, c, k)
+    weights = float_ratio_inputs(n, k, c, r, hidden)[3:]
+    gen = torch.Generator().manual_seed(3)
+    gamma, beta = torch.randn(k, c, generator=gen), torch.randn(k, c, generator=gen)
+    inputs = (mean, var, gamma, beta, *weights)
+    tail = (codes, batch_stats, momentum, 1e-5, n * 12)
+    outputs = in_every_order(lambda: with_running(
+        running, kept, lambda *run: coefficient_ops.exemplar(*inputs, *run, *tail)))
+    expected = with_running(running, kept,
+                            lambda *run: ops.exemplar_coefficients(*inputs, *run, *tail))
+    for actual, reference in zip(outputs, expected):
+        assert_close_scaled(actual, reference.float(), RATIO_TOLERANCE, RATIO_TOLERANCE)
+    saved = expected[3]
+    grad_scale, grad_shift = torch.randn(n, c, generator=gen), torch.randn(n, c, generator=gen)
+    backward = (grad_scale, grad_shift, saved, gamma, weights[0], weights[1], weights[3],
+                codes, batch_stats)
+    grads = in_every_order(lambda: coefficient_ops.exemplar_backward(*backward))
+    for actual, reference in zip(grads, ops.exemplar_coefficients_backward(*backward)):
+        assert_close_scaled(actual, reference, RATIO_TOLERANCE, RATIO_TOLERANCE)
+
+
+@pytest.mark.parametrize('mode', COEFFICIENT_MODES, ids=MODE_IDS)
+@pytest.mark.parametrize('n, c', [(1, 32), (3, 40), (2, 600)])
+def test_switchable_coefficients(coefficient_ops, in_every_order, n, c, mode):
+    codes, batch_stats, kept, momentum = mode
+    k = len(codes)
+    mean, var, running = coefficient_case(n, c, k, seed=1)
+    gen = torch.Generator().manual_seed(4)
+    params = (torch.randn(c, generator=gen), torch.randn(c, generator=gen),
+              torch.randn(k, generator=gen), torch.randn(k, generator=gen))
+    inputs = (mean, var, *params)
+    tail = (codes, batch_stats, momentum, 1e-5, n * 12)
+    outputs = in_every_order(lambda: with_running(
+        running, kept, lambda *run: coefficient_ops.switchable(*inputs, *run, *tail)))
+    expected = with_running(running, kept,
+                            lambda *run: ops.switchable_coefficients(*inputs, *run, *tail))
+    for actual, reference in zip(outputs, expected):
+        assert_close_scaled(actual, reference.float(), RATIO_TOLERANCE, RATIO_TOLERANCE)
+    grad_scale, grad_shift = torch.randn(n, c, generator=gen), torch.randn(n, c, generator=gen)
+    backward = (grad_scale, grad_shift, expected[2], params[0], codes, batch_stats)
+    grads = in_every_order(lambda: coefficient_ops.switchable_backward(*backward))
+    for actual, reference in zip(grads, ops.switchable_coefficients_backward(*backward)):
+        assert_close_scaled(actual, reference, RATIO_TOLERANCE, RATIO_TOLERANCE)
 
 
 def test_ratio_forward_reports_a_launch_past_the_shared_memory_limit(ratios):

@@ -406,6 +406,16 @@ def _ratio_branch_flops(inputs, outputs) -> int:
     return n * (k * c + hidden * k * k + k * hidden)
 
 
+def _exemplar_coefficients_flops(inputs, outputs) -> int:
+    # mean (N, C), var, weight (K, C), bias, conv_w, fc1_w (P, K²), ...: the ratio branch as
+    # above, and K multiply-adds per (n, c) for each of scale and shift.
+    from mmengine.analysis.jit_handles import get_shape
+    n, c = get_shape(inputs[0])
+    k = get_shape(inputs[2])[0]
+    hidden = get_shape(inputs[5])[0]
+    return n * (k * c + hidden * k * k + k * hidden) + 2 * n * k * c
+
+
 #: FLOPs of the en_seg ops in mmengine's convention for norms (aten::batch_norm: 5 per
 #: element in training, 2 in inference for the affine map): 3 per element for the moments
 #: (sum, deviation, square), 2 for the affine map.
@@ -413,6 +423,7 @@ FLOP_HANDLES = {
     'en_seg::channel_moments': lambda inputs, outputs: 3 * _numel(inputs[0]),
     'en_seg::channel_affine': lambda inputs, outputs: 2 * _numel(inputs[0]),
     'en_seg::exemplar_ratios': _ratio_branch_flops,
+    'en_seg::exemplar_coefficients': _exemplar_coefficients_flops,
 }
 
 

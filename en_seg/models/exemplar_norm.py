@@ -178,14 +178,13 @@ class ExemplarNorm2d(_MixedNorm):
         return self.ratio_impl == 'op' and super()._fuses_coefficients(x)
 
     def _fused_forward(self, x: Tensor) -> Tensor:
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        params = self._in_statistics_dtype(
+            x, (self.weight, self.bias, self.ratio_conv.weight, self.ratio_fc1.weight,
+                self.ratio_fc1.bias, self.ratio_fc2.weight, self.ratio_fc2.bias))
         running_mean, running_var, tracked, batch_stats = self._coefficient_op_statistics()
-        y, ratios = exemplar_norm(
-            x, self.weight.to(dtype), self.bias.to(dtype), self.ratio_conv.weight.to(dtype),
-            self.ratio_fc1.weight.to(dtype), self.ratio_fc1.bias.to(dtype),
-            self.ratio_fc2.weight.to(dtype), self.ratio_fc2.bias.to(dtype), running_mean,
-            running_var, tracked, normalizer_codes(self.normalizers), batch_stats,
-            self.momentum, self.eps)
+        y, ratios = exemplar_norm(x, *params, running_mean, running_var, tracked,
+                                  normalizer_codes(self.normalizers), batch_stats,
+                                  self.momentum, self.eps)
         self.last_ratios = ratios.float()
         return y
 

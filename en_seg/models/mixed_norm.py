@@ -277,10 +277,12 @@ class _MixedNorm(_InstanceNorm):
         def coefficients(pooled: Tensor, var: Tensor) -> Tuple[Tensor, Tensor]:
             return self._affine_coefficients(pooled, var, count)
 
+        fused = self.norm_impl == 'fused' and _fused_kernels_for(x, type(self).__name__)
+        if fused and self._fuses_coefficients(x):
+            # Compiled ops only, which autocast leaves alone.
+            return self._fused_forward(x)
         with torch.autocast(x.device.type, enabled=False):
-            if self.norm_impl == 'fused' and _fused_kernels_for(x, type(self).__name__):
-                if self._fuses_coefficients(x):
-                    return self._fused_forward(x)
+            if fused:
                 return channel_affine_norm(x, coefficients)
             pooled, var = channel_moments(
                 x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
@@ -291,11 +293,13 @@ class _MixedNorm(_InstanceNorm):
 
     def _fuses_coefficients(self, x: Tensor) -> bool:
         """Whether this forward takes its coefficients from one compiled op
-        (:meth:`_fused_forward`) rather than from :meth:`_affine_coefficients`: not with
-        ``sync_stats`` (the all-reduce sits between the moments and the coefficients), not
-        while exporting, and only where the op has a kernel for x's statistics and the BN
-        member's running statistics share their dtype."""
-        if self.sync_stats or is_exporting() or not fused_coefficients_available(x):
+        (:meth:`_fused_forward`) rather than from :meth:`_affine_coefficients`: not where
+        this forward :meth:`_synchronizes` (the all-reduce sits between the moments and the
+        coefficients), not while exporting, and only where the op has a kernel for x's
+        statistics and the BN member's running statistics share their dtype."""
+        if self.sync_stats and 'BN' in self.normalizers and self._synchronizes():
+            return False
+        if is_exporting() or not fused_coefficients_available(x):
             return False
         stats = torch.float64 if x.dtype == torch.float64 else torch.float32
         return ('BN' not in self.normalizers or self.running_mean is None
@@ -305,6 +309,13 @@ class _MixedNorm(_InstanceNorm):
         """The layer's output by the ops of :mod:`en_seg.ops.coefficient_op`, in x's dtype;
         also updates the running statistics, as :meth:`_statistics` does."""
         raise NotImplementedError
+
+    @staticmethod
+    def _in_statistics_dtype(x: Tensor, params: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        """``params`` in the statistics' dtype of x (float64 for a float64 x, else float32),
+        cast only where they differ (docs/method.md#precision)."""
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return tuple(p if p.dtype == dtype else p.to(dtype) for p in params)
 
     def _coefficient_op_statistics(self) -> Tuple[Optional[Tensor], Optional[Tensor],
                                                   Optional[Tensor], bool]:

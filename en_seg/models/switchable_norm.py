@@ -100,12 +100,12 @@ class SwitchableNorm2d(_MixedNorm):
         return scale, self.bias.to(dtype) + scale * (pooled - mixed_mean)
 
     def _fused_forward(self, x: Tensor) -> Tensor:
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        params = self._in_statistics_dtype(
+            x, (self.weight, self.bias, self.mean_weight, self.var_weight))
         running_mean, running_var, tracked, batch_stats = self._coefficient_op_statistics()
-        return switchable_norm(
-            x, self.weight.to(dtype), self.bias.to(dtype), self.mean_weight.to(dtype),
-            self.var_weight.to(dtype), running_mean, running_var, tracked,
-            normalizer_codes(self.normalizers), batch_stats, self.momentum, self.eps)
+        return switchable_norm(x, *params, running_mean, running_var, tracked,
+                               normalizer_codes(self.normalizers), batch_stats, self.momentum,
+                               self.eps)
 
     def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
         return {'weight': weight} if bias is None else {'weight': weight, 'bias': bias}

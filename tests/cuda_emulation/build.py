@@ -23,8 +23,9 @@ KERNEL_DIR = Path(os.environ.get('CUDA_EMULATION_SRC', ROOT / 'en_seg' / 'ops' /
 BUILD_DIR = ROOT / 'build' / 'cuda_emulation'
 CXX = shutil.which('g++')
 
-#: The kernel files: <name>_kernel.cu with its C entry points in bindings/<name>.cpp.
-KERNELS = ('moments_apply', 'exemplar_ratios')
+#: The kernel files: <name>_kernel.cu with its C entry points in bindings/<name>.cpp, and
+#: the other kernel files whose launchers it calls.
+KERNELS = {'moments_apply': (), 'exemplar_ratios': (), 'coefficients': ('exemplar_ratios',)}
 
 _COMMON_FLAGS = ['-std=c++20', '-fPIC', '-fvisibility=hidden',
                  # nvcc would contract a * b + c into an FMA; g++ may too on some targets.
@@ -104,9 +105,11 @@ def build_libraries(variant='plain'):
     kernels that exercise the emulation itself)."""
     builder = _Builder(variant)
     runtime, probe = HERE / 'runtime.cpp', HERE / 'probe_kernels.cu'
-    units = {name: [KERNEL_DIR / f'{name}_kernel.cu', HERE / 'bindings' / f'{name}.cpp']
-             for name in KERNELS}
-    objects = _compile_all(builder, [runtime, probe, *sum(units.values(), [])])
+    units = {name: [*(KERNEL_DIR / f'{kernel}_kernel.cu' for kernel in (name, *calls)),
+                    HERE / 'bindings' / f'{name}.cpp']
+             for name, calls in KERNELS.items()}
+    objects = _compile_all(builder, list(dict.fromkeys([runtime, probe,
+                                                        *sum(units.values(), [])])))
     libraries = {name: builder.link(name, [objects[runtime], *map(objects.get, sources)], True)
                  for name, sources in units.items()}
     libraries['probe'] = builder.link('probe', [objects[runtime], objects[probe]], True)

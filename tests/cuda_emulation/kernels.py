@@ -60,6 +60,8 @@ class MomentsApply(_Library):
                                          *shape, *[_PTR] * 4)
         self._input_grad = self._function('emu_channel_affine_input_grad', _INT, _PTR, _PTR,
                                           *shape, *[_PTR] * 5)
+        self._norm_input_grad = self._function('emu_channel_norm_input_grad', _INT, _PTR, _PTR,
+                                               *shape, *[_PTR] * 6)
 
     @staticmethod
     def _shape(x, channels_last):
@@ -104,6 +106,18 @@ class MomentsApply(_Library):
         dx = _nan_like(x.shape, x.dtype, memory_format)
         self._check(self._input_grad(_ptr(dy), _ptr(x), *shape,
                                      *map(_ptr, (center, dy_scale, x_scale, shift, dx))))
+        return dx
+
+
+    def channel_norm_input_grad(self, dy, x, channels_last, mean, scale, sum_dy, grad_mean,
+                                grad_var):
+        """dx = scale * dy + (grad_mean - scale * sum_dy + 2 grad_var (x - mean)) / (H * W)
+        per (n, c), like x."""
+        shape, memory_format = self._shape(x, channels_last)
+        dx = _nan_like(x.shape, x.dtype, memory_format)
+        self._check(self._norm_input_grad(
+            _ptr(dy), _ptr(x), *shape,
+            *map(_ptr, (mean, scale, sum_dy, grad_mean, grad_var, dx))))
         return dx
 
 
@@ -154,6 +168,124 @@ class ExemplarRatios(_Library):
         inputs = (grad, activations, rstds, conv_w, fc1_w, fc2_w)
         self._check(self._backward(*sizes, self._pointers(inputs), self._pointers(grads),
                                    _ptr(workspace)))
+        return grads
+
+
+class Coefficients(_Library):
+    """coefficients_kernel.cu's four launchers, on contiguous float32 tensors shaped as the
+    ops en_seg::exemplar_coefficients, switchable_coefficients and their backward ops take
+    them (csrc/module.cpp); the running statistics are updated in place."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        sizes = [_I64, _I64, _I64, _I64, _INT]  # n, c, r, hidden, k
+        running = [_PTR, _PTR, _PTR, _INT, _INT, ctypes.c_float, ctypes.c_float]
+        self._exemplar_saved = self._function('emu_exemplar_saved_values', _I64, *sizes)
+        self._exemplar_forward_workspace = self._function('emu_exemplar_forward_workspace',
+                                                          _I64, *sizes)
+        self._exemplar_backward_workspace = self._function('emu_exemplar_backward_workspace',
+                                                           _I64, *sizes)
+        self._exemplar = self._function('emu_exemplar_coefficients', _INT, *sizes[:4], _PTR,
+                                        _INT, _INT, ctypes.c_float, _PTR, *running, _PTR, _PTR)
+        self._exemplar_backward = self._function('emu_exemplar_coefficients_backward', _INT,
+                                                 *sizes[:4], _PTR, _INT, _INT, _PTR, _PTR,
+                                                 _PTR)
+        self._switchable_saved = self._function('emu_switchable_saved_values', _I64, _I64,
+                                                _I64, _INT)
+        self._switchable_backward_workspace = self._function(
+            'emu_switchable_backward_workspace', _I64, _I64, _I64, _PTR, _INT)
+        self._switchable = self._function('emu_switchable_coefficients', _INT, _I64, _I64,
+                                          _PTR, _INT, _INT, ctypes.c_float, _PTR, *running,
+                                          _PTR)
+        self._switchable_backward = self._function('emu_switchable_coefficients_backward',
+                                                   _INT, _I64, _I64, _PTR, _INT, _INT, _PTR,
+                                                   _PTR, _PTR)
+
+    @staticmethod
+    def _pointers(tensors):
+        assert all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+        return (_PTR * len(tensors))(*(t.data_ptr() for t in tensors))
+
+    @staticmethod
+    def _running(running_mean, running_var, num_batches_tracked, update, momentum, count):
+        """The running statistics' arguments, as csrc/cuda/coefficients_cuda.cpp makes them."""
+        return [_PTR(None if running_mean is None else running_mean.data_ptr()),
+                _PTR(None if running_var is None else running_var.data_ptr()),
+                _PTR(num_batches_tracked.data_ptr() if update else None), int(update),
+                int(momentum is None), 0.0 if momentum is None else momentum,
+                count / (count - 1) if count > 1 else 1.0]
+
+    @staticmethod
+    def _update(codes, batch_stats, running_mean):
+        return 2 in codes and batch_stats and running_mean is not None
+
+    def exemplar(self, mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b,
+                 running_mean, running_var, num_batches_tracked, codes, batch_stats,
+                 momentum, eps, count):
+        """(scale, shift, ratios, saved), as en_seg::exemplar_coefficients."""
+        (n, c), k = mean.shape, len(codes)
+        sizes = [n, c, conv_w.shape[1], fc1_w.shape[0], k]
+        codes_t = torch.tensor(codes, dtype=torch.int64)
+        outputs = [_nan_like((n, c), torch.float32), _nan_like((n, c), torch.float32),
+                   _nan_like((n, k), torch.float32),
+                   _nan_like((self._exemplar_saved(*sizes),), torch.float32)]
+        workspace = _nan_like((self._exemplar_forward_workspace(*sizes),), torch.float32)
+        inputs = (mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b)
+        update = self._update(codes, batch_stats, running_mean)
+        self._check(self._exemplar(
+            *sizes[:4], _ptr(codes_t), k, int(batch_stats), eps, self._pointers(inputs),
+            *self._running(running_mean, running_var, num_batches_tracked, update, momentum,
+                           count),
+            self._pointers(outputs), _ptr(workspace)))
+        return outputs
+
+    def exemplar_backward(self, grad_scale, grad_shift, saved, weight, conv_w, fc1_w, fc2_w,
+                          codes, batch_stats):
+        """The gradients of mean, var and the seven parameters, as
+        en_seg::exemplar_coefficients_backward."""
+        (n, c), k = grad_scale.shape, len(codes)
+        hidden = fc1_w.shape[0]
+        sizes = [n, c, conv_w.shape[1], hidden, k]
+        shapes = [(n, c), (n, c), (k, c), (k, c), conv_w.shape, fc1_w.shape, (hidden,),
+                  fc2_w.shape, (k,)]
+        grads = [_nan_like(shape, torch.float32) for shape in shapes]
+        workspace = _nan_like((self._exemplar_backward_workspace(*sizes),), torch.float32)
+        inputs = (grad_scale, grad_shift, saved, weight, conv_w, fc1_w, fc2_w)
+        codes_t = torch.tensor(codes, dtype=torch.int64)
+        self._check(self._exemplar_backward(
+            *sizes[:4], _ptr(codes_t), k, int(batch_stats), self._pointers(inputs),
+            self._pointers(grads), _ptr(workspace)))
+        return grads
+
+    def switchable(self, mean, var, weight, bias, mean_weight, var_weight, running_mean,
+                   running_var, num_batches_tracked, codes, batch_stats, momentum, eps, count):
+        """(scale, shift, saved), as en_seg::switchable_coefficients."""
+        (n, c), k = mean.shape, len(codes)
+        codes_t = torch.tensor(codes, dtype=torch.int64)
+        outputs = [_nan_like((n, c), torch.float32), _nan_like((n, c), torch.float32),
+                   _nan_like((self._switchable_saved(n, c, k),), torch.float32)]
+        inputs = (mean, var, weight, bias, mean_weight, var_weight)
+        update = self._update(codes, batch_stats, running_mean)
+        self._check(self._switchable(
+            n, c, _ptr(codes_t), k, int(batch_stats), eps, self._pointers(inputs),
+            *self._running(running_mean, running_var, num_batches_tracked, update, momentum,
+                           count),
+            self._pointers(outputs)))
+        return outputs
+
+    def switchable_backward(self, grad_scale, grad_shift, saved, weight, codes, batch_stats):
+        """The gradients of mean, var, weight, bias, mean_weight, var_weight, as
+        en_seg::switchable_coefficients_backward."""
+        (n, c), k = grad_scale.shape, len(codes)
+        codes_t = torch.tensor(codes, dtype=torch.int64)
+        shapes = [(n, c), (n, c), (c,), (c,), (k,), (k,)]
+        grads = [_nan_like(shape, torch.float32) for shape in shapes]
+        workspace = _nan_like((self._switchable_backward_workspace(n, c, _ptr(codes_t), k),),
+                              torch.float32)
+        inputs = (grad_scale, grad_shift, saved, weight)
+        self._check(self._switchable_backward(n, c, _ptr(codes_t), k, int(batch_stats),
+                                              self._pointers(inputs), self._pointers(grads),
+                                              _ptr(workspace)))
         return grads
 
 

@@ -2,10 +2,12 @@
 // channel_affine_input_grad and channel_norm_input_grad (schemas and math in
 // moments_apply.cpp).
 //
-// Memory-bound passes, vectorized with at::vec::Vectorized and spread over threads with
-// at::parallel_for. Accumulation is in at::opmath_type (float32 for half precision and
-// float32, float64 for float64); half-precision data are converted block by block into a
-// small buffer that stays in L1.
+// Memory-bound passes spread over threads with at::parallel_for: loops along a row that the
+// compiler vectorizes (simd.h; plain loops come out faster than at::vec::Vectorized, whose
+// extension build has only its portable fallback), and at::vec::Vectorized across the
+// channels of channels_last tiles. Accumulation is in at::opmath_type (float32 for half
+// precision and float32, float64 for float64); half-precision data are converted block by
+// block into a small buffer that stays in L1.
 //
 // Layouts. Contiguous (N, C, H, W): every (n, c) plane is one contiguous row of H * W
 // values; rows go to threads whole, and a row is reduced in fixed blocks. channels_last:
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "moments_apply.h"
+#include "simd.h"
 
 namespace en_seg {
 namespace {
@@ -90,67 +93,46 @@ void store_acc(const acc_t* buf, int64_t len, scalar_t* dst) {
   if constexpr (!std::is_same_v<scalar_t, acc_t>) at::vec::convert(buf, dst, len);
 }
 
-template <typename acc_t>
-acc_t horizontal_sum(const Vectorized<acc_t>& v) {
-  alignas(64) acc_t lanes[Vectorized<acc_t>::size()];
-  v.store(lanes);
-  acc_t sum = 0;
-  for (int64_t i = 0; i < Vectorized<acc_t>::size(); ++i) sum += lanes[i];
-  return sum;
-}
+// Whether a kernel walks x as rows of C channels, one per pixel: x channels_last, or
+// contiguous with H * W = 1, the same memory, whose planes would be rows of one value.
+bool pixel_rows(const Activation& x) { return x.channels_last || x.hw == 1; }
 
 // Per-(n, c) coefficients as the row loops read them: one value for a whole row (channels
 // first) or one value per element of the row (channels_last, the row spans the channels).
 template <typename acc_t>
 struct RowConstant {
   acc_t value;
-  Vectorized<acc_t> vec(int64_t) const { return Vectorized<acc_t>(value); }
   acc_t at(int64_t) const { return value; }
 };
 
 template <typename acc_t>
 struct PerElement {
   const acc_t* values;
-  Vectorized<acc_t> vec(int64_t i) const { return Vectorized<acc_t>::loadu(values + i); }
   acc_t at(int64_t i) const { return values[i]; }
 };
 
 // ---------------------------------------------------------------------------------------
 // channel_moments
 
-// Moments of one block in L1: the mean first, then the squared deviations from it.
+// Moments of one block in L1 by the corrected two-pass algorithm: the mean first, then
+// the squared deviations from it and their sum, which is the rounding error of that mean
+// times len and corrects both.
 template <typename acc_t>
 Moments<acc_t> block_moments(const acc_t* x, int64_t len) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  // Two accumulators so consecutive vector adds do not wait on each other.
-  Vec s0(acc_t(0)), s1(acc_t(0));
-  int64_t i = 0;
-  for (; i + 2 * V <= len; i += 2 * V) {
-    s0 += Vec::loadu(x + i);
-    s1 += Vec::loadu(x + i + V);
-  }
-  for (; i + V <= len; i += V) s0 += Vec::loadu(x + i);
-  acc_t sum = horizontal_sum<acc_t>(s0 + s1);
-  for (; i < len; ++i) sum += x[i];
+  acc_t sum = 0;
+  EN_SEG_SIMD_SUM(sum)
+  for (int64_t i = 0; i < len; ++i) sum += x[i];
   const acc_t mean = sum / acc_t(len);
-
-  const Vec mean_vec(mean);
-  Vec q0(acc_t(0)), q1(acc_t(0));
-  i = 0;
-  for (; i + 2 * V <= len; i += 2 * V) {
-    const Vec d0 = Vec::loadu(x + i) - mean_vec;
-    const Vec d1 = Vec::loadu(x + i + V) - mean_vec;
-    q0 = at::vec::fmadd(d0, d0, q0);
-    q1 = at::vec::fmadd(d1, d1, q1);
+  acc_t m2 = 0, residual = 0;
+  EN_SEG_SIMD_SUM(m2, residual)
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t d = x[i] - mean;
+    m2 += d * d;
+    residual += d;
   }
-  for (; i + V <= len; i += V) {
-    const Vec d = Vec::loadu(x + i) - mean_vec;
-    q0 = at::vec::fmadd(d, d, q0);
-  }
-  acc_t m2 = horizontal_sum<acc_t>(q0 + q1);
-  for (; i < len; ++i) m2 += (x[i] - mean) * (x[i] - mean);
-  return {len, mean, m2};
+  // (Σ d)² <= len Σ d², but rounding may leave a constant block a tiny negative m2.
+  return {len, mean + residual / acc_t(len),
+          std::max(acc_t(0), m2 - residual * residual / acc_t(len))};
 }
 
 template <typename scalar_t, typename acc_t>
@@ -299,7 +281,7 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(const at::Tensor& input) 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
                                   "channel_moments_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (x.channels_last) {
+    if (pixel_rows(x)) {
       moments_channels_last<scalar_t>(x, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
     } else {
       moments_channels_first<scalar_t>(x, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
@@ -315,13 +297,8 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(const at::Tensor& input) 
 template <typename acc_t, typename Coef>
 void affine_row(const acc_t* x, int64_t len, const Coef& center, const Coef& scale,
                 const Coef& shift, acc_t* y) {
-  using Vec = Vectorized<acc_t>;
-  int64_t i = 0;
-  for (; i + Vec::size() <= len; i += Vec::size()) {
-    at::vec::fmadd(scale.vec(i), Vec::loadu(x + i) - center.vec(i), shift.vec(i))
-        .store(y + i);
-  }
-  for (; i < len; ++i) y[i] = scale.at(i) * (x[i] - center.at(i)) + shift.at(i);
+  EN_SEG_SIMD
+  for (int64_t i = 0; i < len; ++i) y[i] = scale.at(i) * (x[i] - center.at(i)) + shift.at(i);
 }
 
 // dx = dy_scale * dy + x_scale * (x - center) + shift over one row.
@@ -329,15 +306,8 @@ template <typename acc_t, typename Coef>
 void input_grad_row(const acc_t* dy, const acc_t* x, int64_t len, const Coef& center,
                     const Coef& dy_scale, const Coef& x_scale, const Coef& shift,
                     acc_t* dx) {
-  using Vec = Vectorized<acc_t>;
-  int64_t i = 0;
-  for (; i + Vec::size() <= len; i += Vec::size()) {
-    const Vec xc = Vec::loadu(x + i) - center.vec(i);
-    at::vec::fmadd(dy_scale.vec(i), Vec::loadu(dy + i),
-                   at::vec::fmadd(x_scale.vec(i), xc, shift.vec(i)))
-        .store(dx + i);
-  }
-  for (; i < len; ++i) {
+  EN_SEG_SIMD
+  for (int64_t i = 0; i < len; ++i) {
     dx[i] = dy_scale.at(i) * dy[i] + x_scale.at(i) * (x[i] - center.at(i)) + shift.at(i);
   }
 }
@@ -349,7 +319,8 @@ void input_grad_row(const acc_t* dy, const acc_t* x, int64_t len, const Coef& ce
 template <typename scalar_t, typename acc_t, int kInputs, typename F>
 void for_each_row(const Activation& x, const scalar_t* const (&in)[kInputs], scalar_t* out,
                   const F& f) {
-  const int64_t row_len = x.channels_last ? x.c : x.hw;
+  const bool pixels = pixel_rows(x);
+  const int64_t row_len = pixels ? x.c : x.hw;
   const int64_t num_rows = x.tensor.numel() / row_len;
   at::parallel_for(0, num_rows, kGrain / row_len + 1, [&](int64_t begin, int64_t end) {
     constexpr bool kConvert = !std::is_same_v<scalar_t, acc_t>;
@@ -364,8 +335,8 @@ void for_each_row(const Activation& x, const scalar_t* const (&in)[kInputs], sca
         }
         acc_t* y = out_acc(out + offset, buf.data() + kInputs * kBlock);
         // Coefficient index: the (n, c) row (channels first) or n * C + first channel.
-        const int64_t coef = x.channels_last ? (row / x.hw) * x.c + start : row;
-        f(args, y, len, coef, !x.channels_last);
+        const int64_t coef = pixels ? (row / x.hw) * x.c + start : row;
+        f(args, y, len, coef, !pixels);
         store_acc(y, len, out + offset);
       }
     }
@@ -475,18 +446,9 @@ at::Tensor channel_norm_input_grad_cpu(const at::Tensor& grad_y, const at::Tenso
 template <typename acc_t>
 void block_grad_sums(const acc_t* dy, const acc_t* x, int64_t len, acc_t center,
                      acc_t& sum_dy, acc_t& sum_dy_xc) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  const Vec center_vec(center);
-  Vec s(acc_t(0)), p(acc_t(0));
-  int64_t i = 0;
-  for (; i + V <= len; i += V) {
-    const Vec g = Vec::loadu(dy + i);
-    s += g;
-    p = at::vec::fmadd(g, Vec::loadu(x + i) - center_vec, p);
-  }
-  acc_t block_s = horizontal_sum<acc_t>(s), block_p = horizontal_sum<acc_t>(p);
-  for (; i < len; ++i) {
+  acc_t block_s = 0, block_p = 0;
+  EN_SEG_SIMD_SUM(block_s, block_p)
+  for (int64_t i = 0; i < len; ++i) {
     block_s += dy[i];
     block_p += dy[i] * (x[i] - center);
   }
@@ -588,7 +550,7 @@ std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cpu(const at::Tensor
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
                                   "channel_affine_grad_sums_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto sums = x.channels_last ? &grad_sums_channels_last<scalar_t, acc_t>
+    const auto sums = pixel_rows(x) ? &grad_sums_channels_last<scalar_t, acc_t>
                                       : &grad_sums_channels_first<scalar_t, acc_t>;
     sums(args.grad_y.const_data_ptr<scalar_t>(), x, args.center.const_data_ptr<acc_t>(),
          sum_dy.data_ptr<acc_t>(), sum_dy_xc.data_ptr<acc_t>());

@@ -27,20 +27,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "simd.h"
+
 #if defined(__CUDACC__)
 #define EN_SEG_HOST_DEVICE __host__ __device__ inline
-#define EN_SEG_SIMD
-#define EN_SEG_SIMD_SUM(...)
 #else
 #define EN_SEG_HOST_DEVICE inline
-// The CPU build has OpenMP: these let the compiler vectorize the loops over channels and
-// hidden units, including the float sums (of one or more variables) it may not reorder on
-// its own (the order is fixed at compile time, so results stay deterministic). Without
-// OpenMP they are ignored.
-#define EN_SEG_SIMD _Pragma("omp simd")
-#define EN_SEG_SIMD_SUM(...) \
-  _Pragma(EN_SEG_STRINGIFY(omp simd reduction(+ : __VA_ARGS__)))
-#define EN_SEG_STRINGIFY(...) #__VA_ARGS__
 #endif
 
 namespace en_seg {

@@ -66,4 +66,16 @@ EMU_EXPORT int emu_channel_affine_input_grad(const void* grad_y, const void* x, 
   });
 }
 
+EMU_EXPORT int emu_channel_norm_input_grad(const void* grad_y, const void* x, int dtype,
+                                           int64_t n, int64_t c, int64_t hw, int channels_last,
+                                           const void* mean, const void* scale,
+                                           const void* sum_dy, const void* grad_mean,
+                                           const void* grad_var, void* grad_x) {
+  return emu::run_launcher([&] {
+    return en_seg::cuda::launch_channel_norm_input_grad(
+        grad_y, x, static_cast<DType>(dtype), shape(n, c, hw, channels_last), mean, scale,
+        sum_dy, grad_mean, grad_var, grad_x, nullptr);
+  });
+}
+
 }  // extern "C"

@@ -1,6 +1,7 @@
-// CUDA implementations of en_seg::channel_moments, channel_affine, channel_affine_grad_sums
-// and channel_affine_input_grad: argument checks, allocation on the caching allocator and
-// launch on the current stream. The kernels are in moments_apply_kernel.cu.
+// CUDA implementations of en_seg::channel_moments, channel_affine, channel_affine_grad_sums,
+// channel_affine_input_grad and channel_norm_input_grad: argument checks, allocation on the
+// caching allocator and launch on the current stream. The kernels are in
+// moments_apply_kernel.cu.
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -95,6 +96,24 @@ at::Tensor channel_affine_input_grad_cuda(const at::Tensor& grad_y, const at::Te
   return dx;
 }
 
+at::Tensor channel_norm_input_grad_cuda(const at::Tensor& grad_y, const at::Tensor& input,
+                                        const at::Tensor& mean, const at::Tensor& scale,
+                                        const at::Tensor& sum_dy, const at::Tensor& grad_mean,
+                                        const at::Tensor& grad_var) {
+  const NormInputGradArgs args =
+      check_norm_input_grad_args(grad_y, input, mean, scale, sum_dy, grad_mean, grad_var);
+  const Activation& x = args.x;
+  const c10::cuda::CUDAGuard guard(x.tensor.device());
+  at::Tensor dx = empty_activation(x);
+  C10_CUDA_CHECK(cuda::launch_channel_norm_input_grad(
+      args.grad_y.const_data_ptr(), x.tensor.const_data_ptr(),
+      kernel_dtype(x.tensor.scalar_type()), kernel_shape(x), args.mean.const_data_ptr(),
+      args.scale.const_data_ptr(), args.sum_dy.const_data_ptr(),
+      args.grad_mean.const_data_ptr(), args.grad_var.const_data_ptr(), dx.data_ptr(),
+      c10::cuda::getCurrentCUDAStream()));
+  return dx;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(en_seg, CUDA, m) {
@@ -102,6 +121,7 @@ TORCH_LIBRARY_IMPL(en_seg, CUDA, m) {
   m.impl("channel_affine", &channel_affine_cuda);
   m.impl("channel_affine_grad_sums", &channel_affine_grad_sums_cuda);
   m.impl("channel_affine_input_grad", &channel_affine_input_grad_cuda);
+  m.impl("channel_norm_input_grad", &channel_norm_input_grad_cuda);
 }
 
 }  // namespace en_seg

@@ -512,6 +512,27 @@ struct InputGradOp {
   }
 };
 
+// channel_norm_input_grad: InputGradOp's pass with coefficients formed per row,
+// dy_scale = scale, x_scale = 2 grad_var / M, shift = (grad_mean - scale * sum_dy) / M.
+template <typename scalar_t>
+struct NormInputGradOp {
+  using acc_t = acc_type<scalar_t>;
+  using Coef = typename InputGradOp<scalar_t>::Coef;
+  InputGradOp<scalar_t> pass;  // its coefficient pointers unused
+  const acc_t *mean, *scale, *sum_dy, *grad_mean, *grad_var;
+  acc_t inv_m;
+
+  __device__ Coef coef(int64_t nc) const {
+    return {mean[nc], scale[nc], acc_t(2) * grad_var[nc] * inv_m,
+            (grad_mean[nc] - scale[nc] * sum_dy[nc]) * inv_m};
+  }
+  template <int V>
+  __device__ void apply(int64_t i, const Coef& k) const {
+    pass.template apply<V>(i, k);
+  }
+  bool aligned_to(int bytes) const { return pass.aligned_to(bytes); }
+};
+
 // Grid (N * C rows, chunks of kThreads * kUnroll packs of V values of a row,
 // grid-strided); V > 1 needs hw divisible by V.
 template <int V, typename Op>
@@ -688,6 +709,27 @@ cudaError_t launch_channel_affine_input_grad(const void* grad_y, const void* x, 
         static_cast<const acc_t*>(center),    static_cast<const acc_t*>(dy_scale),
         static_cast<const acc_t*>(x_scale),   static_cast<const acc_t*>(shift),
         static_cast<scalar_t*>(grad_x)};
+    return launch_elementwise<scalar_t>(op, s, stream);
+  });
+}
+
+cudaError_t launch_channel_norm_input_grad(const void* grad_y, const void* x, DType dtype,
+                                           const Activation& s, const void* mean,
+                                           const void* scale, const void* sum_dy,
+                                           const void* grad_mean, const void* grad_var,
+                                           void* grad_x, cudaStream_t stream) {
+  if (empty(s)) return cudaSuccess;
+  return dispatch(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using acc_t = acc_type<scalar_t>;
+    const InputGradOp<scalar_t> pass{static_cast<const scalar_t*>(grad_y),
+                                     static_cast<const scalar_t*>(x),
+                                     nullptr, nullptr, nullptr, nullptr,
+                                     static_cast<scalar_t*>(grad_x)};
+    const NormInputGradOp<scalar_t> op{
+        pass, static_cast<const acc_t*>(mean), static_cast<const acc_t*>(scale),
+        static_cast<const acc_t*>(sum_dy), static_cast<const acc_t*>(grad_mean),
+        static_cast<const acc_t*>(grad_var), acc_t(1) / acc_t(s.hw)};
     return launch_elementwise<scalar_t>(op, s, stream);
   });
 }

@@ -50,5 +50,13 @@ cudaError_t launch_channel_affine_input_grad(const void* grad_y, const void* x, 
                                              const void* shift, void* grad_x,
                                              cudaStream_t stream);
 
+// grad_x = scale * dy + (grad_mean - scale * sum_dy + 2 grad_var (x - mean)) / (H * W) per
+// (n, c).
+cudaError_t launch_channel_norm_input_grad(const void* grad_y, const void* x, DType dtype,
+                                           const Activation& shape, const void* mean,
+                                           const void* scale, const void* sum_dy,
+                                           const void* grad_mean, const void* grad_var,
+                                           void* grad_x, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace en_seg

@@ -1,0 +1,505 @@
+// The coefficient ops of the mixed layers and the apply ops that carry a layer's gradient
+// (docs/method.md#statistics, #running-statistics, #output, #switchable-normalization).
+//
+// A fused layer runs three ops forward: en_seg::channel_moments(x) -> (mean, var); the
+// coefficient op, which turns the (N, C) moments, the parameters and the running
+// statistics into the affine map (scale, shift) of every (n, c) in one call (statistics of
+// every normalizer, the running statistics' update, EN's ratio branch, Eq. 3 folded), and
+// saves what its backward needs; and the apply op, y = scale * (x - mean) + shift. The
+// moments and the coefficients carry no gradient (the layer calls them with gradients
+// disabled): the apply op's backward is the whole layer's, three ops again:
+//   (Σ dy, Σ dy (x - mean)) = channel_affine_grad_sums(dy, x, mean), the gradients of shift
+//     and scale;
+//   the coefficient op's backward, from them to the gradients of mean, var and every
+//     parameter;
+//   dx = channel_norm_input_grad(dy, x, mean, scale, Σ dy, grad_mean, grad_var).
+// Registering that backward on the apply op rather than chaining one formula per op is what
+// writes dx in one pass: the moments' gradient is known only after the coefficients'.
+//
+// The autograd kernels are C++ (this file) rather than torch.library.register_autograd:
+// that refuses ops that mutate an input (the running statistics), and its Python wrapper
+// costs more per call than a whole small layer's arithmetic. Kernels:
+// coefficients_cpu.cpp, cuda/coefficients_*.
+#include "coefficients.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/autograd.h>
+#include <torch/csrc/autograd/variable.h>
+#include <torch/library.h>
+
+#include <initializer_list>
+#include <vector>
+
+#include "exemplar_ratios.h"
+
+namespace en_seg {
+namespace {
+
+coef::Pool check_pool(const char* op, c10::IntArrayRef normalizers) {
+  const int64_t k = static_cast<int64_t>(normalizers.size());
+  TORCH_CHECK(k >= 1 && k <= coef::kMaxPool, op, ": normalizers ", normalizers,
+              " must name 1 to 3 of IN (0), LN (1), BN (2)");
+  coef::Pool pool{static_cast<int>(k), {0, 0, 0}, -1, -1};
+  bool seen[coef::kMaxPool] = {false, false, false};
+  for (int j = 0; j < pool.k; ++j) {
+    const int64_t code = normalizers[j];
+    TORCH_CHECK(code >= coef::kIN && code <= coef::kBN && !seen[code], op, ": normalizers ",
+                normalizers, " must name each of IN (0), LN (1), BN (2) at most once");
+    seen[code] = true;
+    pool.code[j] = static_cast<int>(code);
+    if (code == coef::kLN) pool.ln = j;
+    if (code == coef::kBN) pool.bn = j;
+  }
+  return pool;
+}
+
+// A running buffer: (C,) in the statistics' dtype, on their device, contiguous (it is
+// written in place).
+void check_running_buffer(const char* op, const char* name, const at::Tensor& t,
+                          const at::Tensor& mean) {
+  check_shape(op, name, t, {mean.size(1)}, "(C,)");
+  TORCH_CHECK(t.scalar_type() == mean.scalar_type() && t.device() == mean.device(), op, ": ",
+              name, " is ", t.scalar_type(), " on ", t.device(), ", expected ",
+              mean.scalar_type(), " on ", mean.device(), " like the moments");
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous (it is updated in place)");
+}
+
+StatisticsArgs check_statistics_args(
+    const char* op, const at::Tensor& mean, const at::Tensor& var,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
+    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
+  check_dim(op, "mean", mean, 2, "(N, C)");
+  TORCH_CHECK(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble, op,
+              ": expects float32 or float64 moments, got ", mean.scalar_type());
+  TORCH_CHECK(mean.size(0) >= 1 && mean.size(1) >= 1, op, ": mean has shape ", mean.sizes(),
+              ", expected (N, C) with at least one sample and one channel");
+  check_like(op, "mean", mean, {{"var", &var}});
+  check_shape(op, "var", var, {mean.size(0), mean.size(1)}, "(N, C)");
+  TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
+  TORCH_CHECK(count >= 1 && count % mean.size(0) == 0, op, ": count ", count,
+              " must be N * H * W for N = ", mean.size(0));
+  const coef::Pool pool = check_pool(op, normalizers);
+  TORCH_CHECK(running_mean.has_value() == running_var.has_value(), op,
+              ": pass running_mean and running_var together, or neither");
+  RunningArgs running{{}, {}, {}, false, !momentum.has_value(), momentum.value_or(0.0), count};
+  if (running_mean.has_value()) {
+    check_running_buffer(op, "running_mean", *running_mean, mean);
+    check_running_buffer(op, "running_var", *running_var, mean);
+    running.mean = *running_mean;
+    running.var = *running_var;
+  }
+  const bool uses_running = pool.bn >= 0 && !batch_stats;
+  TORCH_CHECK(!uses_running || running.mean.defined(), op,
+              ": batch_stats=False normalizes BN by the running statistics; pass them");
+  running.update = pool.bn >= 0 && batch_stats && running.mean.defined();
+  if (running.update) {
+    TORCH_CHECK(num_batches_tracked.has_value(), op,
+                ": updating the running statistics needs num_batches_tracked");
+    const at::Tensor& tracked = *num_batches_tracked;
+    TORCH_CHECK(tracked.scalar_type() == at::kLong && tracked.numel() == 1 &&
+                    tracked.device() == mean.device(),
+                op, ": num_batches_tracked must be one int64 on ", mean.device(), ", got ",
+                tracked.scalar_type(), " of shape ", tracked.sizes(), " on ", tracked.device());
+    running.num_batches_tracked = tracked;
+  }
+  return {mean.contiguous(), var.contiguous(), mean.size(0), mean.size(1), pool, batch_stats,
+          eps, running};
+}
+
+// The pool and N, C of a backward, from its (N, C) gradients.
+void check_grads(const char* op, const at::Tensor& grad_scale, const at::Tensor& grad_shift) {
+  check_dim(op, "grad_scale", grad_scale, 2, "(N, C)");
+  TORCH_CHECK(grad_scale.scalar_type() == at::kFloat || grad_scale.scalar_type() == at::kDouble,
+              op, ": expects float32 or float64 gradients, got ", grad_scale.scalar_type());
+  check_shape(op, "grad_shift", grad_shift, {grad_scale.size(0), grad_scale.size(1)}, "(N, C)");
+}
+
+void check_saved(const char* op, const at::Tensor& saved, int64_t total) {
+  check_shape(op, "saved", saved, {total}, "the forward's saved values");
+}
+
+}  // namespace
+
+ExemplarArgs check_exemplar_args(
+    const char* op, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& conv_w, const at::Tensor& fc1_w,
+    const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
+    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
+  StatisticsArgs stats =
+      check_statistics_args(op, mean, var, running_mean, running_var, num_batches_tracked,
+                            normalizers, batch_stats, momentum, eps, count);
+  check_like(op, "mean", mean,
+             {{"weight", &weight}, {"bias", &bias}, {"conv_w", &conv_w}, {"fc1_w", &fc1_w},
+              {"fc1_b", &fc1_b}, {"fc2_w", &fc2_w}, {"fc2_b", &fc2_b}});
+  ratio::Sizes sizes{stats.n, stats.c, 1, 0, stats.pool.k};
+  check_shape(op, "weight", weight, {sizes.k, sizes.c}, "(K, C)");
+  check_shape(op, "bias", bias, {sizes.k, sizes.c}, "(K, C)");
+  check_weights(op, conv_w, fc1_w, fc2_w, sizes);
+  check_shape(op, "fc1_b", fc1_b, {sizes.hidden}, "(P,)");
+  check_shape(op, "fc2_b", fc2_b, {sizes.k}, "(K,)");
+  return {stats,          weight.contiguous(), bias.contiguous(),  conv_w.contiguous(),
+          fc1_w.contiguous(), fc1_b.contiguous(), fc2_w.contiguous(), fc2_b.contiguous(),
+          sizes};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_exemplar_outputs(
+    const ExemplarArgs& args) {
+  const ratio::Sizes& s = args.sizes;
+  const auto options = args.stats.mean.options();
+  return {at::empty({s.n, s.c}, options), at::empty({s.n, s.c}, options),
+          at::empty({s.n, s.k}, options),
+          at::empty({coef::ExemplarSavedLayout(s).total}, options)};
+}
+
+ExemplarBackwardArgs check_exemplar_backward_args(
+    const char* op, const at::Tensor& grad_scale, const at::Tensor& grad_shift,
+    const at::Tensor& saved, const at::Tensor& weight, const at::Tensor& conv_w,
+    const at::Tensor& fc1_w, const at::Tensor& fc2_w, c10::IntArrayRef normalizers,
+    bool batch_stats) {
+  check_grads(op, grad_scale, grad_shift);
+  check_like(op, "grad_scale", grad_scale,
+             {{"grad_shift", &grad_shift}, {"saved", &saved}, {"weight", &weight},
+              {"conv_w", &conv_w}, {"fc1_w", &fc1_w}, {"fc2_w", &fc2_w}});
+  const coef::Pool pool = check_pool(op, normalizers);
+  ratio::Sizes sizes{grad_scale.size(0), grad_scale.size(1), 1, 0, pool.k};
+  check_shape(op, "weight", weight, {sizes.k, sizes.c}, "(K, C)");
+  check_weights(op, conv_w, fc1_w, fc2_w, sizes);
+  check_saved(op, saved, coef::ExemplarSavedLayout(sizes).total);
+  return {grad_scale.contiguous(), grad_shift.contiguous(), saved.contiguous(),
+          weight.contiguous(),     conv_w.contiguous(),     fc1_w.contiguous(),
+          fc2_w.contiguous(),      sizes,                   pool,
+          batch_stats};
+}
+
+ExemplarGradTensors empty_exemplar_grads(const ExemplarBackwardArgs& args) {
+  const ratio::Sizes& s = args.sizes;
+  const auto options = args.grad_scale.options();
+  return {at::empty({s.n, s.c}, options),          at::empty({s.n, s.c}, options),
+          at::empty({s.k, s.c}, options),          at::empty({s.k, s.c}, options),
+          at::empty({s.groups(), s.r, 1}, options), at::empty({s.hidden, s.k * s.k}, options),
+          at::empty({s.hidden}, options),          at::empty({s.k, s.hidden}, options),
+          at::empty({s.k}, options)};
+}
+
+SwitchableArgs check_switchable_args(
+    const char* op, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
+    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
+  StatisticsArgs stats =
+      check_statistics_args(op, mean, var, running_mean, running_var, num_batches_tracked,
+                            normalizers, batch_stats, momentum, eps, count);
+  check_like(op, "mean", mean,
+             {{"weight", &weight}, {"bias", &bias}, {"mean_weight", &mean_weight},
+              {"var_weight", &var_weight}});
+  check_shape(op, "weight", weight, {stats.c}, "(C,)");
+  check_shape(op, "bias", bias, {stats.c}, "(C,)");
+  check_shape(op, "mean_weight", mean_weight, {stats.pool.k}, "(K,)");
+  check_shape(op, "var_weight", var_weight, {stats.pool.k}, "(K,)");
+  return {stats, weight.contiguous(), bias.contiguous(), mean_weight.contiguous(),
+          var_weight.contiguous()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_switchable_outputs(
+    const SwitchableArgs& args) {
+  const StatisticsArgs& s = args.stats;
+  const auto options = s.mean.options();
+  return {at::empty({s.n, s.c}, options), at::empty({s.n, s.c}, options),
+          at::empty({coef::SwitchableSavedLayout(s.n, s.c, s.pool.k).total}, options)};
+}
+
+SwitchableBackwardArgs check_switchable_backward_args(
+    const char* op, const at::Tensor& grad_scale, const at::Tensor& grad_shift,
+    const at::Tensor& saved, const at::Tensor& weight, c10::IntArrayRef normalizers,
+    bool batch_stats) {
+  check_grads(op, grad_scale, grad_shift);
+  check_like(op, "grad_scale", grad_scale,
+             {{"grad_shift", &grad_shift}, {"saved", &saved}, {"weight", &weight}});
+  const coef::Pool pool = check_pool(op, normalizers);
+  const int64_t n = grad_scale.size(0), c = grad_scale.size(1);
+  check_shape(op, "weight", weight, {c}, "(C,)");
+  check_saved(op, saved, coef::SwitchableSavedLayout(n, c, pool.k).total);
+  return {grad_scale.contiguous(), grad_shift.contiguous(), saved.contiguous(),
+          weight.contiguous(), n, c, pool, batch_stats};
+}
+
+SwitchableGradTensors empty_switchable_grads(const SwitchableBackwardArgs& args) {
+  const auto options = args.grad_scale.options();
+  return {at::empty({args.n, args.c}, options), at::empty({args.n, args.c}, options),
+          at::empty({args.c}, options),         at::empty({args.c}, options),
+          at::empty({args.pool.k}, options),    at::empty({args.pool.k}, options)};
+}
+
+namespace {
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+at::Tensor affine(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+                  const at::Tensor& shift) {
+  static const auto op =
+      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&)>("en_seg::channel_affine");
+  return op.call(x, mean, scale, shift);
+}
+
+}  // namespace
+
+at::Tensor exemplar_norm_apply_forward(
+    const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+    const at::Tensor& shift, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, c10::IntArrayRef, bool) {
+  return affine(x, mean, scale, shift);
+}
+
+at::Tensor switchable_norm_apply_forward(
+    const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+    const at::Tensor& shift, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, c10::IntArrayRef, bool) {
+  return affine(x, mean, scale, shift);
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using Optional = std::optional<at::Tensor>;
+
+// The coefficient ops take no part in autograd: a call that would need their gradient is
+// refused, so that the error names the op that does carry it.
+void refuse_gradient(const char* op, const char* apply_op,
+                     std::initializer_list<const at::Tensor*> inputs) {
+  if (!at::GradMode::is_enabled()) return;
+  for (const at::Tensor* t : inputs) {
+    TORCH_CHECK(!t->requires_grad(), op,
+                " is not differentiable: call it with gradients disabled (torch.no_grad()); "
+                "a layer's gradient flows through ", apply_op, ", whose backward runs ", op,
+                "_backward");
+  }
+}
+
+// Running statistics updated in place: their version counters move, as for any in-place op,
+// so that autograd notices a saved copy being overwritten.
+void bump_versions(const Optional& running_mean, const Optional& running_var,
+                   const Optional& num_batches_tracked) {
+  for (const Optional* t : {&running_mean, &running_var, &num_batches_tracked}) {
+    if (t->has_value()) torch::autograd::impl::bump_version(**t);
+  }
+}
+
+using ExemplarOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+ExemplarOutputs exemplar_coefficients_autograd(
+    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& conv_w, const at::Tensor& fc1_w,
+    const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
+    const Optional& running_mean, const Optional& running_var,
+    const Optional& num_batches_tracked, c10::IntArrayRef normalizers, bool batch_stats,
+    std::optional<double> momentum, double eps, int64_t count) {
+  refuse_gradient("en_seg::exemplar_coefficients", "en_seg::exemplar_norm_apply",
+                  {&mean, &var, &weight, &bias, &conv_w, &fc1_w, &fc1_b, &fc2_w, &fc2_b});
+  bump_versions(running_mean, running_var, num_batches_tracked);
+  static const auto op = op_handle<ExemplarOutputs(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const at::Tensor&, const Optional&, const Optional&, const Optional&, c10::IntArrayRef,
+      bool, std::optional<double>, double, int64_t)>("en_seg::exemplar_coefficients");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b, running_mean,
+                 running_var, num_batches_tracked, normalizers, batch_stats, momentum, eps,
+                 count);
+}
+
+using SwitchableOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+SwitchableOutputs switchable_coefficients_autograd(
+    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
+    const Optional& running_mean, const Optional& running_var,
+    const Optional& num_batches_tracked, c10::IntArrayRef normalizers, bool batch_stats,
+    std::optional<double> momentum, double eps, int64_t count) {
+  refuse_gradient("en_seg::switchable_coefficients", "en_seg::switchable_norm_apply",
+                  {&mean, &var, &weight, &bias, &mean_weight, &var_weight});
+  bump_versions(running_mean, running_var, num_batches_tracked);
+  static const auto op = op_handle<SwitchableOutputs(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const at::Tensor&, const at::Tensor&, const Optional&, const Optional&, const Optional&,
+      c10::IntArrayRef, bool, std::optional<double>, double, int64_t)>(
+      "en_seg::switchable_coefficients");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(mean, var, weight, bias, mean_weight, var_weight, running_mean, running_var,
+                 num_batches_tracked, normalizers, batch_stats, momentum, eps, count);
+}
+
+// The statistics and coefficients an apply op is given are the outputs of ops called with
+// gradients disabled; one that requires grad did not come from them.
+void check_constant_inputs(const char* op, std::initializer_list<const at::Tensor*> inputs) {
+  for (const at::Tensor* t : inputs) {
+    TORCH_CHECK(!t->requires_grad(), op,
+                ": mean, scale, shift and saved must come from channel_moments and the "
+                "coefficient op called with gradients disabled; the gradient of x and of the "
+                "parameters is this op's");
+  }
+}
+
+// The backward steps every apply op shares: the gradients of shift and scale, and dx.
+std::tuple<at::Tensor, at::Tensor> grad_sums(const at::Tensor& grad_y, const at::Tensor& x,
+                                             const at::Tensor& mean) {
+  static const auto op =
+      op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                   const at::Tensor&)>(
+          "en_seg::channel_affine_grad_sums");
+  return op.call(grad_y, x, mean);
+}
+
+at::Tensor input_grad(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean,
+                      const at::Tensor& scale, const at::Tensor& sum_dy,
+                      const at::Tensor& grad_mean, const at::Tensor& grad_var) {
+  static const auto op = op_handle<at::Tensor(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const at::Tensor&, const at::Tensor&, const at::Tensor&)>("en_seg::channel_norm_input_grad");
+  return op.call(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var);
+}
+
+// Saves x, mean, scale and `saved` first, then the apply op's `params` that its backward
+// reads; keeps the pool and batch_stats.
+void save_layer(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mean,
+                const at::Tensor& scale, const at::Tensor& saved,
+                std::vector<at::Tensor> params, c10::IntArrayRef normalizers,
+                bool batch_stats) {
+  params.insert(params.begin(), {x, mean, scale, saved});
+  ctx->save_for_backward(params);
+  ctx->saved_data["normalizers"] = normalizers.vec();
+  ctx->saved_data["batch_stats"] = batch_stats;
+}
+
+class ExemplarNormApply : public torch::autograd::Function<ExemplarNormApply> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mean,
+                            const at::Tensor& scale, const at::Tensor& shift,
+                            const at::Tensor& saved, const at::Tensor& weight,
+                            const at::Tensor& bias, const at::Tensor& conv_w,
+                            const at::Tensor& fc1_w, const at::Tensor& fc1_b,
+                            const at::Tensor& fc2_w, const at::Tensor& fc2_b,
+                            c10::IntArrayRef normalizers, bool batch_stats) {
+    check_constant_inputs("en_seg::exemplar_norm_apply", {&mean, &scale, &shift, &saved});
+    save_layer(ctx, x, mean, scale, saved, {weight, conv_w, fc1_w, fc2_w}, normalizers,
+               batch_stats);
+    static const auto op = op_handle<decltype(exemplar_norm_apply_forward)>(
+        "en_seg::exemplar_norm_apply");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, mean, scale, shift, saved, weight, bias, conv_w, fc1_w, fc1_b, fc2_w,
+                   fc2_b, normalizers, batch_stats);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(14);
+    const at::Tensor& grad_y = grads[0];
+    if (!grad_y.defined()) return out;
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &mean = s[1], &scale = s[2];
+    const std::vector<int64_t> normalizers = ctx->saved_data["normalizers"].toIntVector();
+    const bool batch_stats = ctx->saved_data["batch_stats"].toBool();
+    auto [sum_dy, sum_dy_xc] = grad_sums(grad_y, x, mean);
+    static const auto backward_op = op_handle<ExemplarGradTensors(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef, bool)>(
+        "en_seg::exemplar_coefficients_backward");
+    auto [grad_mean, grad_var, grad_weight, grad_bias, grad_conv_w, grad_fc1_w, grad_fc1_b,
+          grad_fc2_w, grad_fc2_b] =
+        backward_op.call(sum_dy_xc, sum_dy, s[3], s[4], s[5], s[6], s[7], normalizers,
+                         batch_stats);
+    if (ctx->needs_input_grad(0)) {
+      out[0] = input_grad(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var);
+    }
+    out[5] = grad_weight;
+    out[6] = grad_bias;
+    out[7] = grad_conv_w;
+    out[8] = grad_fc1_w;
+    out[9] = grad_fc1_b;
+    out[10] = grad_fc2_w;
+    out[11] = grad_fc2_b;
+    return out;
+  }
+};
+
+class SwitchableNormApply : public torch::autograd::Function<SwitchableNormApply> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mean,
+                            const at::Tensor& scale, const at::Tensor& shift,
+                            const at::Tensor& saved, const at::Tensor& weight,
+                            const at::Tensor& bias, const at::Tensor& mean_weight,
+                            const at::Tensor& var_weight, c10::IntArrayRef normalizers,
+                            bool batch_stats) {
+    check_constant_inputs("en_seg::switchable_norm_apply", {&mean, &scale, &shift, &saved});
+    save_layer(ctx, x, mean, scale, saved, {weight}, normalizers, batch_stats);
+    static const auto op = op_handle<decltype(switchable_norm_apply_forward)>(
+        "en_seg::switchable_norm_apply");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, mean, scale, shift, saved, weight, bias, mean_weight, var_weight,
+                   normalizers, batch_stats);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(11);
+    const at::Tensor& grad_y = grads[0];
+    if (!grad_y.defined()) return out;
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &mean = s[1], &scale = s[2];
+    const std::vector<int64_t> normalizers = ctx->saved_data["normalizers"].toIntVector();
+    const bool batch_stats = ctx->saved_data["batch_stats"].toBool();
+    auto [sum_dy, sum_dy_xc] = grad_sums(grad_y, x, mean);
+    static const auto backward_op = op_handle<SwitchableGradTensors(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        c10::IntArrayRef, bool)>("en_seg::switchable_coefficients_backward");
+    auto [grad_mean, grad_var, grad_weight, grad_bias, grad_mean_weight, grad_var_weight] =
+        backward_op.call(sum_dy_xc, sum_dy, s[3], s[4], normalizers, batch_stats);
+    if (ctx->needs_input_grad(0)) {
+      out[0] = input_grad(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var);
+    }
+    out[5] = grad_weight;
+    out[6] = grad_bias;
+    out[7] = grad_mean_weight;
+    out[8] = grad_var_weight;
+    return out;
+  }
+};
+
+at::Tensor exemplar_norm_apply_autograd(
+    const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+    const at::Tensor& shift, const at::Tensor& saved, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& conv_w, const at::Tensor& fc1_w,
+    const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
+    c10::IntArrayRef normalizers, bool batch_stats) {
+  return ExemplarNormApply::apply(x, mean, scale, shift, saved, weight, bias, conv_w, fc1_w,
+                                  fc1_b, fc2_w, fc2_b, normalizers, batch_stats);
+}
+
+at::Tensor switchable_norm_apply_autograd(
+    const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
+    const at::Tensor& shift, const at::Tensor& saved, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
+    c10::IntArrayRef normalizers, bool batch_stats) {
+  return SwitchableNormApply::apply(x, mean, scale, shift, saved, weight, bias, mean_weight,
+                                    var_weight, normalizers, batch_stats);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(en_seg, Autograd, m) {
+  m.impl("exemplar_coefficients", &exemplar_coefficients_autograd);
+  m.impl("switchable_coefficients", &switchable_coefficients_autograd);
+  m.impl("exemplar_norm_apply", &exemplar_norm_apply_autograd);
+  m.impl("switchable_norm_apply", &switchable_norm_apply_autograd);
+}
+
+}  // namespace en_seg

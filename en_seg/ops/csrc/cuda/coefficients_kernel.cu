@@ -1,0 +1,581 @@
+// CUDA kernels of the coefficient ops (launchers declared in coefficients_kernel.h). All
+// (N, C) work: a thread per channel for what merges over the samples (the BN statistics
+// and their running update, the parameters' gradients), a block per sample for what merges
+// over the channels (the LN statistics), EN's ratio branch by the ratio op's own kernels
+// (exemplar_ratios_kernel.h), a thread per (n, c) for the rest. Every sum runs in an order
+// fixed by the shape (per-thread loops, then a warp butterfly and the warps in turn), with
+// no atomics, so results are bit-identical from run to run. Float32.
+//
+// EN forward: bn_statistics (if BN), sample_statistics, the ratio forward, exemplar_affine;
+// backward: exemplar_ratio_grad, the ratio backward (two kernels), exemplar_sample_grad,
+// exemplar_channel_grad. SN forward: bn_statistics (if BN), switchable_sample; backward:
+// switchable_sample_grad, switchable_channel_grad, switchable_weights_grad.
+#include <cuda_runtime.h>
+
+#include "coefficients_kernel.h"
+#include "exemplar_ratios_kernel.h"
+
+namespace en_seg {
+namespace cuda {
+namespace {
+
+using coef::Pool;
+using coef::Stat;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+unsigned blocks_for(int64_t work) {
+  return static_cast<unsigned>((work + kThreads - 1) / kThreads);
+}
+
+// Shared memory for one block_sum of n values: every warp's partial sums.
+template <int n>
+using WarpSums = float[kWarps][n];
+
+// The block's sums of the n values v, for every thread: lane 0's butterfly sum of each
+// warp, then the warps in order. Each call in a kernel takes its own `warps` (one barrier
+// per call: no later call writes what this one reads).
+template <int n>
+__device__ void block_sum(float (&v)[n], WarpSums<n>& warps) {
+  for (int j = 0; j < n; ++j) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+      v[j] += __shfl_xor_sync(0xffffffffu, v[j], offset);
+    }
+  }
+  if (threadIdx.x % 32 == 0) {
+    for (int j = 0; j < n; ++j) warps[threadIdx.x / 32][j] = v[j];
+  }
+  __syncthreads();
+  for (int j = 0; j < n; ++j) {
+    v[j] = 0.f;
+    for (int w = 0; w < kWarps; ++w) v[j] += warps[w][j];
+  }
+}
+
+// The LN statistics of one sample, m and v its (C,) moments, by the whole block.
+__device__ Stat<float> layer_statistics(const float* m, const float* v, int64_t c) {
+  __shared__ WarpSums<1> mean_sums;
+  __shared__ WarpSums<2> var_sums;
+  float sum[1] = {0.f};
+  for (int64_t ch = threadIdx.x; ch < c; ch += kThreads) sum[0] += m[ch];
+  block_sum(sum, mean_sums);
+  const float mu = sum[0] / float(c);
+  float sums[2] = {0.f, 0.f};  // Σ v, Σ (m - μ)²
+  for (int64_t ch = threadIdx.x; ch < c; ch += kThreads) {
+    sums[0] += v[ch];
+    sums[1] += (m[ch] - mu) * (m[ch] - mu);
+  }
+  block_sum(sums, var_sums);
+  return {mu, sums[0] / float(c) + sums[1] / float(c)};
+}
+
+// Channel ch's BN statistics, from bn = (C means, C variances); zeros where BN is absent.
+__device__ Stat<float> bn_at(const Pool& pool, const float* bn, int64_t c, int64_t ch) {
+  return pool.bn >= 0 ? Stat<float>{bn[ch], bn[c + ch]} : Stat<float>{0.f, 0.f};
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward
+
+// Thread per channel: the BN statistics (the batch's, folded into the running ones when
+// updating, or the running ones) into bn (C means, C variances).
+__global__ void __launch_bounds__(kThreads)
+    bn_statistics_kernel(StatisticsShape s, const float* mean, const float* var,
+                         RunningStatistics running, float* bn) {
+  const int64_t ch = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (ch >= s.c) return;
+  if (!s.batch_stats) {
+    bn[ch] = running.mean[ch];
+    bn[s.c + ch] = running.var[ch];
+    return;
+  }
+  float mu = 0.f;
+  for (int64_t i = 0; i < s.n; ++i) mu += mean[i * s.c + ch];
+  mu /= float(s.n);
+  float var_sum = 0.f, dev_sum = 0.f;
+  for (int64_t i = 0; i < s.n; ++i) {
+    const float d = mean[i * s.c + ch] - mu;
+    var_sum += var[i * s.c + ch];
+    dev_sum += d * d;
+  }
+  const Stat<float> batch{mu, var_sum / float(s.n) + dev_sum / float(s.n)};
+  bn[ch] = batch.mean;
+  bn[s.c + ch] = batch.var;
+  if (!running.update) return;
+  // num_batches_tracked grows in a later kernel; every thread here reads it unchanged.
+  const float factor = running.cumulative
+                           ? float(1.0 / double(*running.num_batches_tracked + 1))
+                           : running.momentum;
+  coef::update_running(coef::RunningUpdate<float>{factor, running.unbias}, batch,
+                       running.mean + ch, running.var + ch);
+}
+
+// Block per sample: every normalizer's mean and ρ at every channel, (K, C) rows of means
+// and rstds as the ratio kernel reads them; block 0 counts the batch.
+__global__ void __launch_bounds__(kThreads)
+    sample_statistics_kernel(StatisticsShape s, const float* mean, const float* var,
+                             const float* bn, RunningStatistics running, float* means,
+                             float* rstds) {
+  const int64_t i = blockIdx.x;
+  const float* m = mean + i * s.c;
+  const float* v = var + i * s.c;
+  const Stat<float> ln = s.pool.ln >= 0 ? layer_statistics(m, v, s.c) : Stat<float>{0.f, 0.f};
+  for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
+    const Stat<float> bn_ch = bn_at(s.pool, bn, s.c, ch);
+    for (int j = 0; j < s.pool.k; ++j) {
+      const Stat<float> stat = coef::member_stat(s.pool.code[j], m[ch], v[ch], ln, bn_ch);
+      const int64_t at = (i * s.pool.k + j) * s.c + ch;
+      means[at] = stat.mean;
+      rstds[at] = coef::rstd(stat.var, s.eps);
+    }
+  }
+  if (running.update && i == 0 && threadIdx.x == 0) *running.num_batches_tracked += 1;
+}
+
+// Thread per (n, c): EN's scale and shift.
+__global__ void __launch_bounds__(kThreads)
+    exemplar_affine_kernel(ratio::Sizes s, const float* weight, const float* bias,
+                           const float* ratios, const float* activations, const float* rstds,
+                           float* scale, float* shift) {
+  const int64_t at = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (at >= s.n * s.c) return;
+  const int64_t i = at / s.c, ch = at % s.c;
+  const ratio::SavedLayout row(s);
+  const coef::Coefficients<float> out = coef::exemplar_coefficients(
+      s.k, weight + ch, bias + ch, s.c, ratios + i * s.k, rstds + i * s.k * s.c + ch,
+      activations + i * row.total + row.centred + ch, s.c);
+  scale[at] = out.scale;
+  shift[at] = out.shift;
+}
+
+// Block per sample: SN's scale and shift, and saved (r, m, s, the sample's LN statistics;
+// block 0 also w, w' and zeros for an absent BN); block 0 counts the batch.
+__global__ void __launch_bounds__(kThreads)
+    switchable_sample_kernel(StatisticsShape s, SwitchableInputs in, RunningStatistics running,
+                             float* scale, float* shift, float* saved) {
+  const int64_t i = blockIdx.x;
+  const Pool& pool = s.pool;
+  const coef::SwitchableSavedLayout layout(s.n, s.c, pool.k);
+  const float* m = in.mean + i * s.c;
+  const float* v = in.var + i * s.c;
+  const Stat<float> ln = pool.ln >= 0 ? layer_statistics(m, v, s.c) : Stat<float>{0.f, 0.f};
+  float w[coef::kMaxPool], w_var[coef::kMaxPool];
+  coef::softmax(pool.k, in.mean_weight, w);
+  coef::softmax(pool.k, in.var_weight, w_var);
+  const float* bn = saved + layout.bn_mean;
+  for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
+    const Stat<float> bn_ch = bn_at(pool, bn, s.c, ch);
+    float mixed_mean = 0.f, mixed_var = 0.f;
+    for (int j = 0; j < pool.k; ++j) {
+      const Stat<float> stat = coef::member_stat(pool.code[j], m[ch], v[ch], ln, bn_ch);
+      mixed_mean += w[j] * stat.mean;
+      mixed_var += w_var[j] * stat.var;
+    }
+    const int64_t at = i * s.c + ch;
+    const float r = coef::rstd(mixed_var, s.eps);
+    const coef::Coefficients<float> out =
+        coef::switchable_coefficients(in.weight[ch], in.bias[ch], m[ch], mixed_mean, r);
+    scale[at] = out.scale;
+    shift[at] = out.shift;
+    saved[layout.rstd + at] = r;
+    saved[layout.mean + at] = m[ch];
+    saved[layout.var + at] = v[ch];
+  }
+  if (threadIdx.x == 0) {
+    saved[layout.ln_mean + i] = ln.mean;
+    saved[layout.ln_var + i] = ln.var;
+  }
+  if (i != 0) return;
+  if (threadIdx.x < pool.k) {
+    saved[layout.w + threadIdx.x] = w[threadIdx.x];
+    saved[layout.w_var + threadIdx.x] = w_var[threadIdx.x];
+  }
+  if (pool.bn < 0) {
+    for (int64_t ch = threadIdx.x; ch < 2 * s.c; ch += kThreads) saved[layout.bn_mean + ch] = 0.f;
+  }
+  if (running.update && threadIdx.x == 0) *running.num_batches_tracked += 1;
+}
+
+// ------------------------------------------------------------------------------------------
+// EN backward
+
+// Where EN's backward keeps its per-(n, c) intermediate values.
+struct ExemplarScratch {
+  float* grad_lambda;  // (N, K)
+  float* pooled;       // (N, C): the ratio branch's gradients of its pooled input,
+  float* means;        // (N, K, C) of its means
+  float* rstds;        // (N, K, C) and of its rstds
+  float* bn_mean;      // (N, C): BN's gμ and gσ² at every (n, c) (batch statistics only)
+  float* bn_var;
+  float* ratio_workspace;
+
+  ExemplarScratch(float* base, const ratio::Sizes& s) {
+    grad_lambda = base;
+    pooled = grad_lambda + s.n * s.k;
+    means = pooled + s.n * s.c;
+    rstds = means + s.n * s.k * s.c;
+    bn_mean = rstds + s.n * s.k * s.c;
+    bn_var = bn_mean + s.n * s.c;
+    ratio_workspace = bn_var + s.n * s.c;
+  }
+
+  static int64_t floats(const ratio::Sizes& s) {
+    return s.n * (s.k + 3 * s.c + 2 * s.k * s.c) + exemplar_ratios_backward_workspace(s);
+  }
+};
+
+// EN's saved values of sample i.
+struct ExemplarSample {
+  const float *lambda, *centred, *rstds;
+
+  __device__ ExemplarSample(const ratio::Sizes& s, const float* saved, int64_t i) {
+    const ratio::SavedLayout row(s);
+    const float* activations = saved + coef::ExemplarSavedLayout(s).activations + i * row.total;
+    lambda = activations + row.ratios;
+    centred = activations + row.centred;
+    rstds = saved + coef::ExemplarSavedLayout(s).rstds + i * s.k * s.c;
+  }
+};
+
+// Block per sample: dL/dλ_j = Σ_c (gA + gS d_j) γ_j ρ_j.
+__global__ void __launch_bounds__(kThreads)
+    exemplar_ratio_grad_kernel(ratio::Sizes s, ExemplarBackwardInputs in, float* grad_lambda) {
+  __shared__ WarpSums<coef::kMaxPool> warps;
+  const int64_t i = blockIdx.x;
+  const ExemplarSample sample(s, in.saved, i);
+  float sums[coef::kMaxPool] = {0.f, 0.f, 0.f};
+  for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
+    for (int j = 0; j < s.k; ++j) {
+      const float gt = coef::exemplar_gain_grad(in.grad_scale[i * s.c + ch],
+                                                in.grad_shift[i * s.c + ch],
+                                                sample.centred[j * s.c + ch]);
+      sums[j] += gt * in.weight[j * s.c + ch] * sample.rstds[j * s.c + ch];
+    }
+  }
+  block_sum(sums, warps);
+  if (threadIdx.x < s.k) grad_lambda[i * s.k + threadIdx.x] = sums[threadIdx.x];
+}
+
+// Block per sample: the gradients of mean and var but BN's part, and BN's gμ, gσ² at every
+// (n, c) for exemplar_channel_grad_kernel.
+__global__ void __launch_bounds__(kThreads)
+    exemplar_sample_grad_kernel(StatisticsShape st, ratio::Sizes s, ExemplarBackwardInputs in,
+                                ExemplarScratch scratch, ExemplarGrads out) {
+  __shared__ WarpSums<2> warps;
+  const int64_t i = blockIdx.x;
+  const Pool& pool = st.pool;
+  const ExemplarSample sample(s, in.saved, i);
+  float ln[2] = {0.f, 0.f};  // Σ_c of LN's gμ and gσ²
+  for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
+    const int64_t at = i * s.c + ch;
+    const float gs = in.grad_shift[at];
+    float g_mean = scratch.pooled[at], g_var = 0.f;
+    for (int j = 0; j < s.k; ++j) {
+      const int64_t kc = j * s.c + ch;
+      const float rho = sample.rstds[kc];
+      const float gamma = in.weight[kc];
+      const float t = sample.lambda[j] * gamma * rho;
+      const float gt = coef::exemplar_gain_grad(in.grad_scale[at], gs, sample.centred[kc]);
+      const float g_rho = gt * gamma * sample.lambda[j] + scratch.rstds[i * s.k * s.c + kc];
+      const float g_mu = -gs * t + scratch.means[i * s.k * s.c + kc];
+      const float g_sigma = coef::rstd_to_var_grad(g_rho, rho);
+      g_mean += gs * t;
+      switch (pool.code[j]) {
+        case coef::kIN:
+          g_mean += g_mu;
+          g_var += g_sigma;
+          break;
+        case coef::kLN:
+          ln[0] += g_mu;
+          ln[1] += g_sigma;
+          break;
+        default:
+          if (st.batch_stats) {
+            scratch.bn_mean[at] = g_mu;
+            scratch.bn_var[at] = g_sigma;
+          }
+      }
+    }
+    out.mean[at] = g_mean;
+    out.var[at] = g_var;
+  }
+  if (pool.ln < 0) return;
+  block_sum(ln, warps);
+  for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
+    const int64_t at = i * s.c + ch;
+    const float d = sample.centred[pool.ln * s.c + ch];
+    out.mean[at] += ln[0] / float(s.c) + 2.f * ln[1] * d / float(s.c);
+    out.var[at] += ln[1] / float(s.c);
+  }
+}
+
+// Thread per channel: gγ, gβ, and BN's part of the gradients of mean and var.
+__global__ void __launch_bounds__(kThreads)
+    exemplar_channel_grad_kernel(StatisticsShape st, ratio::Sizes s, ExemplarBackwardInputs in,
+                                 ExemplarScratch scratch, ExemplarGrads out) {
+  const int64_t ch = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (ch >= s.c) return;
+  float g_beta = 0.f;
+  for (int64_t i = 0; i < s.n; ++i) g_beta += in.grad_shift[i * s.c + ch];
+  for (int j = 0; j < s.k; ++j) {
+    float g_gamma = 0.f;
+    for (int64_t i = 0; i < s.n; ++i) {
+      const ExemplarSample sample(s, in.saved, i);
+      const float gt = coef::exemplar_gain_grad(in.grad_scale[i * s.c + ch],
+                                                in.grad_shift[i * s.c + ch],
+                                                sample.centred[j * s.c + ch]);
+      g_gamma += gt * sample.lambda[j] * sample.rstds[j * s.c + ch];
+    }
+    out.weight[j * s.c + ch] = g_gamma;
+    out.bias[j * s.c + ch] = g_beta;
+  }
+  if (st.pool.bn < 0 || !st.batch_stats) return;
+  float bn_mean = 0.f, bn_var = 0.f;
+  for (int64_t i = 0; i < s.n; ++i) {
+    bn_mean += scratch.bn_mean[i * s.c + ch];
+    bn_var += scratch.bn_var[i * s.c + ch];
+  }
+  for (int64_t i = 0; i < s.n; ++i) {
+    const ExemplarSample sample(s, in.saved, i);
+    const float d = sample.centred[st.pool.bn * s.c + ch];
+    out.mean[i * s.c + ch] += bn_mean / float(s.n) + 2.f * bn_var * d / float(s.n);
+    out.var[i * s.c + ch] += bn_var / float(s.n);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// SN backward
+
+struct SwitchableScratch {
+  float* bn_mean;   // (N, C): BN's gμ and gσ² at every (n, c) (batch statistics only)
+  float* bn_var;
+  float* gamma;     // (N, C): every (n, c)'s term of gγ
+  float* weights;   // (N, 2K): every sample's Σ_c gμ̄ μ_k, then Σ_c gσ̄² σ²_k
+
+  SwitchableScratch(float* base, const StatisticsShape& s) {
+    bn_mean = base;
+    bn_var = bn_mean + s.n * s.c;
+    gamma = bn_var + s.n * s.c;
+    weights = gamma + s.n * s.c;
+  }
+
+  static int64_t floats(const StatisticsShape& s) { return s.n * (3 * s.c + 2 * s.pool.k); }
+};
+
+// Block per sample: the gradients of mean and var but BN's part, BN's gμ, gσ², the (n, c)
+// terms of gγ and the sample's sums for the importance weights.
+__global__ void __launch_bounds__(kThreads)
+    switchable_sample_grad_kernel(StatisticsShape s, SwitchableBackwardInputs in,
+                                  SwitchableScratch scratch, SwitchableGrads out) {
+  // The block's sums: Σ_c of LN's gμ and gσ², then of gμ̄ μ_k and of gσ̄² σ²_k per k.
+  constexpr int kSums = 2 + 2 * coef::kMaxPool;
+  __shared__ WarpSums<kSums> warps;
+  const int64_t i = blockIdx.x;
+  const Pool& pool = s.pool;
+  const coef::SwitchableSavedLayout layout(s.n, s.c, pool.k);
+  const float* saved = in.saved;
+  const float* w = saved + layout.w;
+  const float* w_var = saved + layout.w_var;
+  const Stat<float> ln{saved[layout.ln_mean + i], saved[layout.ln_var + i]};
+  float sums[kSums] = {};
+  float* sum_w = sums + 2;
+  float* sum_w_var = sums + 2 + coef::kMaxPool;
+  for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
+    const int64_t at = i * s.c + ch;
+    const float m = saved[layout.mean + at];
+    const Stat<float> bn_ch = bn_at(pool, saved + layout.bn_mean, s.c, ch);
+    Stat<float> stats[coef::kMaxPool];
+    float mixed_mean = 0.f;
+    for (int j = 0; j < pool.k; ++j) {
+      stats[j] = coef::member_stat(pool.code[j], m, saved[layout.var + at], ln, bn_ch);
+      mixed_mean += w[j] * stats[j].mean;
+    }
+    const coef::SwitchableGrads<float> g =
+        coef::switchable_grads(in.grad_scale[at], in.grad_shift[at], in.weight[ch], m,
+                               mixed_mean, saved[layout.rstd + at]);
+    scratch.gamma[at] = g.gamma;
+    float g_mean = g.m, g_var = 0.f;
+    for (int j = 0; j < pool.k; ++j) {
+      sum_w[j] += g.mixed_mean * stats[j].mean;
+      sum_w_var[j] += g.mixed_var * stats[j].var;
+      const float g_mu = w[j] * g.mixed_mean;
+      const float g_sigma = w_var[j] * g.mixed_var;
+      switch (pool.code[j]) {
+        case coef::kIN:
+          g_mean += g_mu;
+          g_var += g_sigma;
+          break;
+        case coef::kLN:
+          sums[0] += g_mu;
+          sums[1] += g_sigma;
+          break;
+        default:
+          if (s.batch_stats) {
+            scratch.bn_mean[at] = g_mu;
+            scratch.bn_var[at] = g_sigma;
+          }
+      }
+    }
+    out.mean[at] = g_mean;
+    out.var[at] = g_var;
+  }
+  block_sum(sums, warps);
+  if (threadIdx.x < pool.k) {
+    scratch.weights[i * 2 * pool.k + threadIdx.x] = sum_w[threadIdx.x];
+    scratch.weights[i * 2 * pool.k + pool.k + threadIdx.x] = sum_w_var[threadIdx.x];
+  }
+  if (pool.ln < 0) return;
+  for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
+    const int64_t at = i * s.c + ch;
+    const float d = saved[layout.mean + at] - ln.mean;
+    out.mean[at] += sums[0] / float(s.c) + 2.f * sums[1] * d / float(s.c);
+    out.var[at] += sums[1] / float(s.c);
+  }
+}
+
+// Thread per channel: gγ, gβ, and BN's part of the gradients of mean and var.
+__global__ void __launch_bounds__(kThreads)
+    switchable_channel_grad_kernel(StatisticsShape s, SwitchableBackwardInputs in,
+                                   SwitchableScratch scratch, SwitchableGrads out) {
+  const int64_t ch = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (ch >= s.c) return;
+  const coef::SwitchableSavedLayout layout(s.n, s.c, s.pool.k);
+  float g_gamma = 0.f, g_beta = 0.f;
+  for (int64_t i = 0; i < s.n; ++i) {
+    g_gamma += scratch.gamma[i * s.c + ch];
+    g_beta += in.grad_shift[i * s.c + ch];
+  }
+  out.weight[ch] = g_gamma;
+  out.bias[ch] = g_beta;
+  if (s.pool.bn < 0 || !s.batch_stats) return;
+  float bn_mean = 0.f, bn_var = 0.f;
+  for (int64_t i = 0; i < s.n; ++i) {
+    bn_mean += scratch.bn_mean[i * s.c + ch];
+    bn_var += scratch.bn_var[i * s.c + ch];
+  }
+  const float mu = in.saved[layout.bn_mean + ch];
+  for (int64_t i = 0; i < s.n; ++i) {
+    const int64_t at = i * s.c + ch;
+    const float d = in.saved[layout.mean + at] - mu;
+    out.mean[at] += bn_mean / float(s.n) + 2.f * bn_var * d / float(s.n);
+    out.var[at] += bn_var / float(s.n);
+  }
+}
+
+// One thread: the importance weights' gradients through their softmax.
+__global__ void switchable_weights_grad_kernel(StatisticsShape s, const float* saved,
+                                               SwitchableScratch scratch, SwitchableGrads out) {
+  const int k = s.pool.k;
+  const coef::SwitchableSavedLayout layout(s.n, s.c, k);
+  float grad_w[coef::kMaxPool] = {0.f, 0.f, 0.f}, grad_w_var[coef::kMaxPool] = {0.f, 0.f, 0.f};
+  for (int64_t i = 0; i < s.n; ++i) {
+    for (int j = 0; j < k; ++j) {
+      grad_w[j] += scratch.weights[i * 2 * k + j];
+      grad_w_var[j] += scratch.weights[i * 2 * k + k + j];
+    }
+  }
+  coef::softmax_backward(k, saved + layout.w, grad_w, out.mean_weight);
+  coef::softmax_backward(k, saved + layout.w_var, grad_w_var, out.var_weight);
+}
+
+}  // namespace
+
+int64_t exemplar_forward_workspace(const ratio::Sizes& s) {
+  return s.n * s.k * s.c + 2 * s.c;
+}
+
+cudaError_t launch_exemplar_coefficients(const StatisticsShape& shape,
+                                         const ratio::Sizes& sizes, const ExemplarInputs& in,
+                                         const RunningStatistics& running, float* scale,
+                                         float* shift, float* ratios, float* saved,
+                                         float* workspace, cudaStream_t stream) {
+  float* means = workspace;
+  float* bn = workspace + sizes.n * sizes.k * sizes.c;
+  const coef::ExemplarSavedLayout layout(sizes);
+  float* activations = saved + layout.activations;
+  float* rstds = saved + layout.rstds;
+  if (shape.pool.bn >= 0) {
+    bn_statistics_kernel<<<blocks_for(shape.c), kThreads, 0, stream>>>(shape, in.mean, in.var,
+                                                                        running, bn);
+  }
+  sample_statistics_kernel<<<static_cast<unsigned>(shape.n), kThreads, 0, stream>>>(
+      shape, in.mean, in.var, bn, running, means, rstds);
+  const cudaError_t launched = cudaGetLastError();
+  if (launched != cudaSuccess) return launched;
+  const ratio::Inputs<float> ratio_inputs{in.mean,  means,    rstds,    in.conv_w,
+                                          in.fc1_w, in.fc1_b, in.fc2_w, in.fc2_b};
+  const cudaError_t ratio = launch_exemplar_ratios_forward(sizes, ratio_inputs, ratios,
+                                                           activations, stream);
+  if (ratio != cudaSuccess) return ratio;
+  exemplar_affine_kernel<<<blocks_for(sizes.n * sizes.c), kThreads, 0, stream>>>(
+      sizes, in.weight, in.bias, ratios, activations, rstds, scale, shift);
+  return cudaGetLastError();
+}
+
+int64_t exemplar_backward_workspace(const ratio::Sizes& sizes) {
+  return ExemplarScratch::floats(sizes);
+}
+
+cudaError_t launch_exemplar_coefficients_backward(const StatisticsShape& shape,
+                                                  const ratio::Sizes& sizes,
+                                                  const ExemplarBackwardInputs& in,
+                                                  const ExemplarGrads& out, float* workspace,
+                                                  cudaStream_t stream) {
+  const ExemplarScratch scratch(workspace, sizes);
+  const auto samples = static_cast<unsigned>(sizes.n);
+  exemplar_ratio_grad_kernel<<<samples, kThreads, 0, stream>>>(sizes, in, scratch.grad_lambda);
+  const cudaError_t launched = cudaGetLastError();
+  if (launched != cudaSuccess) return launched;
+  const coef::ExemplarSavedLayout layout(sizes);
+  const ratio::BackwardInputs<float> ratio_inputs{scratch.grad_lambda,
+                                                  in.saved + layout.activations,
+                                                  in.saved + layout.rstds,
+                                                  in.conv_w,
+                                                  in.fc1_w,
+                                                  in.fc2_w};
+  const ratio::Grads<float> ratio_grads{scratch.pooled, scratch.means, scratch.rstds,
+                                        out.conv_w,     out.fc1_w,     out.fc1_b,
+                                        out.fc2_w,      out.fc2_b};
+  const cudaError_t ratio = launch_exemplar_ratios_backward(sizes, ratio_inputs, ratio_grads,
+                                                            scratch.ratio_workspace, stream);
+  if (ratio != cudaSuccess) return ratio;
+  exemplar_sample_grad_kernel<<<samples, kThreads, 0, stream>>>(shape, sizes, in, scratch, out);
+  exemplar_channel_grad_kernel<<<blocks_for(sizes.c), kThreads, 0, stream>>>(shape, sizes, in,
+                                                                            scratch, out);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_switchable_coefficients(const StatisticsShape& shape,
+                                           const SwitchableInputs& in,
+                                           const RunningStatistics& running, float* scale,
+                                           float* shift, float* saved, cudaStream_t stream) {
+  const coef::SwitchableSavedLayout layout(shape.n, shape.c, shape.pool.k);
+  if (shape.pool.bn >= 0) {
+    bn_statistics_kernel<<<blocks_for(shape.c), kThreads, 0, stream>>>(
+        shape, in.mean, in.var, running, saved + layout.bn_mean);
+  }
+  switchable_sample_kernel<<<static_cast<unsigned>(shape.n), kThreads, 0, stream>>>(
+      shape, in, running, scale, shift, saved);
+  return cudaGetLastError();
+}
+
+int64_t switchable_backward_workspace(const StatisticsShape& shape) {
+  return SwitchableScratch::floats(shape);
+}
+
+cudaError_t launch_switchable_coefficients_backward(const StatisticsShape& shape,
+                                                    const SwitchableBackwardInputs& in,
+                                                    const SwitchableGrads& out,
+                                                    float* workspace, cudaStream_t stream) {
+  const SwitchableScratch scratch(workspace, shape);
+  switchable_sample_grad_kernel<<<static_cast<unsigned>(shape.n), kThreads, 0, stream>>>(
+      shape, in, scratch, out);
+  switchable_channel_grad_kernel<<<blocks_for(shape.c), kThreads, 0, stream>>>(shape, in,
+                                                                              scratch, out);
+  switchable_weights_grad_kernel<<<1, 1, 0, stream>>>(shape, in.saved, scratch, out);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace en_seg
