@@ -30,6 +30,7 @@
 #include <torch/library.h>
 
 #include <initializer_list>
+#include <tuple>
 #include <vector>
 
 #include "exemplar_ratios.h"
@@ -382,6 +383,30 @@ void save_layer(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mea
   ctx->saved_data["batch_stats"] = batch_stats;
 }
 
+// What the backward of both apply ops shares: the layer save_layer saved, read back, the
+// one reduction pass over (dy, x), and the input gradient once the coefficients' backward
+// has given the gradients of the moments.
+struct LayerBackward {
+  variable_list saved;  // x, mean, scale, saved, then the op's parameters
+  std::vector<int64_t> normalizers;
+  bool batch_stats;
+  at::Tensor sum_dy, sum_dy_xc;
+
+  LayerBackward(AutogradContext* ctx, const at::Tensor& grad_y)
+      : saved(ctx->get_saved_variables()),
+        normalizers(ctx->saved_data["normalizers"].toIntVector()),
+        batch_stats(ctx->saved_data["batch_stats"].toBool()) {
+    std::tie(sum_dy, sum_dy_xc) = grad_sums(grad_y, saved[0], saved[1]);
+  }
+
+  // dx, or an undefined tensor where x needs no gradient.
+  at::Tensor grad_x(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& grad_mean,
+                    const at::Tensor& grad_var) const {
+    if (!ctx->needs_input_grad(0)) return {};
+    return input_grad(grad_y, saved[0], saved[1], saved[2], sum_dy, grad_mean, grad_var);
+  }
+};
+
 class ExemplarNormApply : public torch::autograd::Function<ExemplarNormApply> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mean,
@@ -405,22 +430,17 @@ class ExemplarNormApply : public torch::autograd::Function<ExemplarNormApply> {
     variable_list out(14);
     const at::Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return out;
-    const variable_list s = ctx->get_saved_variables();
-    const at::Tensor &x = s[0], &mean = s[1], &scale = s[2];
-    const std::vector<int64_t> normalizers = ctx->saved_data["normalizers"].toIntVector();
-    const bool batch_stats = ctx->saved_data["batch_stats"].toBool();
-    auto [sum_dy, sum_dy_xc] = grad_sums(grad_y, x, mean);
+    const LayerBackward layer(ctx, grad_y);
+    const variable_list& s = layer.saved;
     static const auto backward_op = op_handle<ExemplarGradTensors(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
         const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef, bool)>(
         "en_seg::exemplar_coefficients_backward");
     auto [grad_mean, grad_var, grad_weight, grad_bias, grad_conv_w, grad_fc1_w, grad_fc1_b,
           grad_fc2_w, grad_fc2_b] =
-        backward_op.call(sum_dy_xc, sum_dy, s[3], s[4], s[5], s[6], s[7], normalizers,
-                         batch_stats);
-    if (ctx->needs_input_grad(0)) {
-      out[0] = input_grad(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var);
-    }
+        backward_op.call(layer.sum_dy_xc, layer.sum_dy, s[3], s[4], s[5], s[6], s[7],
+                         layer.normalizers, layer.batch_stats);
+    out[0] = layer.grad_x(ctx, grad_y, grad_mean, grad_var);
     out[5] = grad_weight;
     out[6] = grad_bias;
     out[7] = grad_conv_w;
@@ -453,19 +473,15 @@ class SwitchableNormApply : public torch::autograd::Function<SwitchableNormApply
     variable_list out(11);
     const at::Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return out;
-    const variable_list s = ctx->get_saved_variables();
-    const at::Tensor &x = s[0], &mean = s[1], &scale = s[2];
-    const std::vector<int64_t> normalizers = ctx->saved_data["normalizers"].toIntVector();
-    const bool batch_stats = ctx->saved_data["batch_stats"].toBool();
-    auto [sum_dy, sum_dy_xc] = grad_sums(grad_y, x, mean);
+    const LayerBackward layer(ctx, grad_y);
+    const variable_list& s = layer.saved;
     static const auto backward_op = op_handle<SwitchableGradTensors(
         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
         c10::IntArrayRef, bool)>("en_seg::switchable_coefficients_backward");
     auto [grad_mean, grad_var, grad_weight, grad_bias, grad_mean_weight, grad_var_weight] =
-        backward_op.call(sum_dy_xc, sum_dy, s[3], s[4], normalizers, batch_stats);
-    if (ctx->needs_input_grad(0)) {
-      out[0] = input_grad(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var);
-    }
+        backward_op.call(layer.sum_dy_xc, layer.sum_dy, s[3], s[4], layer.normalizers,
+                         layer.batch_stats);
+    out[0] = layer.grad_x(ctx, grad_y, grad_mean, grad_var);
     out[5] = grad_weight;
     out[6] = grad_bias;
     out[7] = grad_mean_weight;
