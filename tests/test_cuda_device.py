@@ -3,7 +3,7 @@ SN layers on the device, the layers under bfloat16 autocast, ``torch.compile`` a
 CUDA-graph capture and replay of their forward + backward.
 
 Needs torch and en_seg's ops and layers only (no OpenMMLab); skipped without a GPU.
-tests/test_ratio_op.py and tests/test_fused_norm.py hold the other CUDA tests (kernels
+tests/test_ratio_op.py and tests/test_channel_op.py hold the other CUDA tests (kernels
 against the CPU kernels and the references, opcheck and gradcheck of each op,
 determinism).
 """

@@ -16,7 +16,7 @@ builds the kernels from a copy of en_seg/ops/csrc/cuda (in a copy of csrc, whose
 ratio_math.h they include). From the repository root, deleting each ``__syncthreads();``
 of both kernel files in turn must make every run fail (none prints NOT CAUGHT)::
 
-    for f in moments_apply exemplar_ratios coefficients; do
+    for f in channel_op exemplar_ratios coefficients; do
       src=en_seg/ops/csrc/cuda/${f}_kernel.cu copy=/tmp/csrc/cuda/${f}_kernel.cu
       for n in $(seq $(grep -c '__syncthreads();' $src)); do
         rm -rf /tmp/csrc && cp -r en_seg/ops/csrc /tmp/csrc
@@ -28,11 +28,11 @@ of both kernel files in turn must make every run fail (none prints NOT CAUGHT)::
 
 and so must each shift of a shuffle offset, e.g. (one at a time, on a fresh copy)::
 
-    sed -i 's|offset = kWarp / 2;|offset = kWarp / 4;|' /tmp/csrc/cuda/moments_apply_kernel.cu
-    sed -i 's|m.mean, offset)|m.mean, offset + 1)|' /tmp/csrc/cuda/moments_apply_kernel.cu
-    sed -i 's|s.dy_xc, offset)|s.dy_xc, offset - 1)|' /tmp/csrc/cuda/moments_apply_kernel.cu
-    sed -i 's|sum, offset)|sum, offset / 2)|' /tmp/csrc/cuda/exemplar_ratios_kernel.cu
-    sed -i 's|v\\[j\\], offset)|v[j], offset / 2)|' /tmp/csrc/cuda/coefficients_kernel.cu
+    sed -i 's|offset = kWarp / 2;|offset = kWarp / 4;|' /tmp/csrc/cuda/channel_op_kernel.cu
+    sed -i 's|m.mean, offset)|m.mean, offset + 1)|' /tmp/csrc/cuda/channel_op_kernel.cu
+    sed -i 's|s.dy_xc, offset)|s.dy_xc, offset - 1)|' /tmp/csrc/cuda/channel_op_kernel.cu
+    sed -i 's|sum, offset)|sum, offset / 2)|' /tmp/csrc/cuda/ratio_op_kernel.cu
+    sed -i 's|v\\[j\\], offset)|v[j], offset / 2)|' /tmp/csrc/cuda/coefficient_op_kernel.cu
 
 followed by the pytest line above.
 """
@@ -77,18 +77,18 @@ def libraries():
 
 
 @pytest.fixture(scope='module')
-def moments_apply(libraries):
-    return kernels.MomentsApply(libraries['moments_apply'])
+def channel_op(libraries):
+    return kernels.ChannelOp(libraries['channel_op'])
 
 
 @pytest.fixture(scope='module')
 def ratios(libraries):
-    return kernels.ExemplarRatios(libraries['exemplar_ratios'])
+    return kernels.RatioOp(libraries['ratio_op'])
 
 
 @pytest.fixture(scope='module')
 def coefficient_ops(libraries):
-    return kernels.Coefficients(libraries['coefficients'])
+    return kernels.CoefficientOp(libraries['coefficient_op'])
 
 
 @pytest.fixture(scope='module')
@@ -157,9 +157,9 @@ dtypes = pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @dtypes
 @shapes
 @layouts
-def test_channel_moments(moments_apply, in_every_order, shape, dtype, channels_last):
+def test_channel_moments(channel_op, in_every_order, shape, dtype, channels_last):
     x = activation(shape, dtype, channels_last, seed=0, offset=3.0)
-    mean, var = in_every_order(lambda: moments_apply.channel_moments(x, channels_last))
+    mean, var = in_every_order(lambda: channel_op.channel_moments(x, channels_last))
     expected_mean, expected_var = torch.ops.en_seg.channel_moments(x)
     rtol, atol = tolerance(dtype)
     assert_close_scaled(mean, expected_mean, rtol, atol)
@@ -169,13 +169,13 @@ def test_channel_moments(moments_apply, in_every_order, shape, dtype, channels_l
 @dtypes
 @shapes
 @layouts
-def test_channel_affine_grad_sums(moments_apply, in_every_order, shape, dtype,
+def test_channel_affine_grad_sums(channel_op, in_every_order, shape, dtype,
                                   channels_last):
     x = activation(shape, dtype, channels_last, seed=0, offset=3.0)
     dy = activation(shape, dtype, channels_last, seed=5)
     center, = coefficients(shape, dtype, 1)
     sums = in_every_order(
-        lambda: moments_apply.channel_affine_grad_sums(dy, x, channels_last, center))
+        lambda: channel_op.channel_affine_grad_sums(dy, x, channels_last, center))
     rtol, atol = tolerance(dtype)
     for actual, expected in zip(sums, torch.ops.en_seg.channel_affine_grad_sums(dy, x, center)):
         assert_close_scaled(actual, expected, rtol, atol)
@@ -184,11 +184,11 @@ def test_channel_affine_grad_sums(moments_apply, in_every_order, shape, dtype,
 @dtypes
 @shapes
 @layouts
-def test_channel_affine(moments_apply, in_every_order, shape, dtype, channels_last):
+def test_channel_affine(channel_op, in_every_order, shape, dtype, channels_last):
     x = activation(shape, dtype, channels_last, seed=0)
     center, scale, shift = coefficients(shape, dtype, 3)
     y, = in_every_order(
-        lambda: [moments_apply.channel_affine(x, channels_last, center, scale, shift)])
+        lambda: [channel_op.channel_affine(x, channels_last, center, scale, shift)])
     # Each operation rounded in the statistics' dtype, the result to x's: the kernel's order.
     expected = per_row(scale) * (x.to(center.dtype) - per_row(center)) + per_row(shift)
     assert torch.equal(y, expected.to(dtype))
@@ -199,12 +199,12 @@ def test_channel_affine(moments_apply, in_every_order, shape, dtype, channels_la
 @dtypes
 @shapes
 @layouts
-def test_channel_affine_input_grad(moments_apply, in_every_order, shape, dtype,
+def test_channel_affine_input_grad(channel_op, in_every_order, shape, dtype,
                                    channels_last):
     x = activation(shape, dtype, channels_last, seed=0)
     dy = activation(shape, dtype, channels_last, seed=5)
     center, dy_scale, x_scale, shift = coefficients(shape, dtype, 4)
-    dx, = in_every_order(lambda: [moments_apply.channel_affine_input_grad(
+    dx, = in_every_order(lambda: [channel_op.channel_affine_input_grad(
         dy, x, channels_last, center, dy_scale, x_scale, shift)])
     acc = center.dtype
     expected = (per_row(dy_scale) * dy.to(acc) + per_row(x_scale) * (x.to(acc) - per_row(center))
@@ -218,23 +218,23 @@ def test_channel_affine_input_grad(moments_apply, in_every_order, shape, dtype,
     ((2, 5, 40, 77), 1),       # rows too short to split
     ((8, 256, 64, 64), 1),     # enough rows to fill the GPU
 ])
-def test_channels_first_reductions_split_rows_when_few(moments_apply, shape, segments):
+def test_channels_first_reductions_split_rows_when_few(channel_op, shape, segments):
     """Row segments, seen through the scratch the launcher asks for: (N, segments, 2, C)
     float32 partial results, none for an unsplit channels-first row."""
     n, c, h, w = shape
     expected = 0 if segments == 1 else n * segments * 2 * c * 4
     dtype_code = kernels._DTYPES[torch.float32]
-    assert moments_apply._workspace_bytes(dtype_code, n, c, h * w, 0) == expected
+    assert channel_op._workspace_bytes(dtype_code, n, c, h * w, 0) == expected
 
 
 @dtypes
 @shapes
 @layouts
-def test_channel_norm_input_grad(moments_apply, in_every_order, shape, dtype, channels_last):
+def test_channel_norm_input_grad(channel_op, in_every_order, shape, dtype, channels_last):
     x = activation(shape, dtype, channels_last, seed=0)
     dy = activation(shape, dtype, channels_last, seed=5)
     mean, scale, sum_dy, grad_mean, grad_var = coefficients(shape, dtype, 5)
-    dx, = in_every_order(lambda: [moments_apply.channel_norm_input_grad(
+    dx, = in_every_order(lambda: [channel_op.channel_norm_input_grad(
         dy, x, channels_last, mean, scale, sum_dy, grad_mean, grad_var)])
     # The kernel's coefficients and order, each operation rounded in the statistics' dtype.
     acc = mean.dtype

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
 from en_seg.models import ExemplarNorm2d, exemplar_ratios_reference
-from en_seg.ops import fused_norm, ratio_op
+from en_seg.ops import channel_op, ratio_op
 from en_seg.ops.ratio_op import exemplar_ratios
 from reference import ratio_inputs
 
@@ -280,7 +280,7 @@ def test_unbuilt_extension_falls_back_to_the_reference_with_one_warning(monkeypa
     monkeypatch.setattr(ratio_op, '_OP_CUDA_DTYPES', ())
     monkeypatch.setattr(ratio_op, '_warned', set())
     # Without the extension there is no coefficient op either, which runs the branch itself.
-    monkeypatch.setattr(fused_norm, '_COEFFICIENT_DTYPES', {})
+    monkeypatch.setattr(channel_op, '_COEFFICIENT_DTYPES', {})
     layer = randomized_layer(torch.float32)
     reference = copy.deepcopy(layer)
     reference.ratio_impl = 'reference'
@@ -318,7 +318,7 @@ def test_cuda_glue_compiles_against_torch_headers(tmp_path):
         stub.parent.mkdir(parents=True)
         stub.write_text('#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n')
         torch_includes = [*torch_includes, str(tmp_path / 'include')]
-    command = [NVCC, '-c', str(CSRC / 'cuda' / 'exemplar_ratios_cuda.cpp'),
+    command = [NVCC, '-c', str(CSRC / 'cuda' / 'ratio_op_cuda.cpp'),
                '-o', str(tmp_path / 'glue.o'), '-std=c++20',
                *(f'-I{path}' for path in torch_includes)]
     result = subprocess.run(command, capture_output=True, text=True)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from en_seg.models import (ExemplarNorm2d, SwitchableNorm2d, SyncExemplarNorm2d,
                            SyncSwitchableNorm2d, mixed_norm)
-from en_seg.ops.fused_norm import fused_kernels_available
+from en_seg.ops.channel_op import fused_kernels_available
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LAYERS = {'EN': ExemplarNorm2d, 'SN': SwitchableNorm2d}

@@ -44,7 +44,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.benchmark import Timer
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
-from en_seg.ops.fused_norm import fused_kernels_available
+from en_seg.ops.channel_op import fused_kernels_available
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / 'docs' / 'benchmark_layer_model.md'

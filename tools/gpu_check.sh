@@ -9,7 +9,7 @@
 #   1. build: `setup.py build_ext --inplace` for the visible GPU (torch picks its
 #      architecture), i.e. en_seg/ops/_C.<this python's ABI>.so in this tree;
 #   2. tests: every CUDA test (pytest -k cuda: tests/test_cuda_device.py, the CUDA tests of
-#      tests/test_ratio_op.py and tests/test_fused_norm.py);
+#      tests/test_ratio_op.py and tests/test_channel_op.py);
 #   3. memcheck and racecheck: tools/sanitize_layer.py under compute-sanitizer, where it is
 #      on the PATH;
 #   4. benchmarks: tools/benchmark.py layer (EN vs cuDNN BN vs GN, float32 and bfloat16
@@ -145,7 +145,7 @@ if ((build_failed)); then
 else
   "$python" -c 'import pytest' 2>/dev/null || echo 'pytest is missing: carry its wheels' >&2
   stage tests "$python" -m pytest -q -rfEs -p no:cacheprovider -k cuda \
-    tests/test_cuda_device.py tests/test_ratio_op.py tests/test_fused_norm.py
+    tests/test_cuda_device.py tests/test_ratio_op.py tests/test_channel_op.py
 fi
 
 # --- 3. compute-sanitizer --------------------------------------------------------------

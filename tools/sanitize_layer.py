@@ -15,7 +15,7 @@ import sys
 import torch
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
-from en_seg.ops.fused_norm import fused_kernels_available
+from en_seg.ops.channel_op import fused_kernels_available
 
 # (N, C, H, W): odd sizes; one value per plane; a channels_last sample of 128 * 129 rows,
 # which the reductions split into 64 segments.

@@ -21,7 +21,7 @@ class ExemplarNorm2d(_MixedNorm):
               + \beta_k
 
     The sum is folded into one affine map per (n, c), ``y = A * x + B``, computed with
-    BatchNorm's memory passes over X (:mod:`en_seg.ops.fused_norm`); no K normalized
+    BatchNorm's memory passes over X (:mod:`en_seg.ops.channel_op`); no K normalized
     copies of X are made. Statistics, ratios, A and B are float32 (or float64 for a
     float64 input), also under autocast; y has the input's dtype. Gradients flow through
     the statistics and the ratio branch. The BN member keeps ``running_mean`` /
@@ -49,7 +49,7 @@ class ExemplarNorm2d(_MixedNorm):
             pure-PyTorch :func:`~en_seg.models.ratio_branch.exemplar_ratios_reference`, for
             comparison. Both compute the same function. Default: 'op'.
         norm_impl: how statistics and the affine map run: ``'fused'``, the compiled ops of
-            :mod:`en_seg.ops.fused_norm` (falls back, with one warning, to the reference
+            :mod:`en_seg.ops.channel_op` (falls back, with one warning, to the reference
             where the extension is not built), or ``'reference'``, plain PyTorch. Both
             compute the same function. Default: 'fused'.
         sync_stats: in training, the BN member's batch statistics are those of the whole

@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..ops.export import is_exporting
-from ..ops.fused_norm import (channel_affine_norm, fused_coefficients_available,
+from ..ops.channel_op import (channel_affine_norm, fused_coefficients_available,
                               fused_kernels_available)
 from .statistics import channel_moments, check_normalizers, merge_moments
 from .sync_statistics import group_batch_moments, group_size
@@ -87,7 +87,7 @@ class _MixedNorm(_InstanceNorm):
             ``nn.BatchNorm2d`` does. Default: True.
         normalizers: the pool, a sequence of distinct names from ('IN', 'LN', 'BN').
             Default: ('IN', 'LN', 'BN').
-        norm_impl: ``'fused'``: the compiled ops of :mod:`en_seg.ops.fused_norm`, falling
+        norm_impl: ``'fused'``: the compiled ops of :mod:`en_seg.ops.channel_op`, falling
             back, with one warning, to the reference where the
             extension is not built; ``'reference'``: plain PyTorch. Both compute the same
             function. Default: 'fused'.

@@ -3,9 +3,9 @@
 docs/method.md#statistics, #running-statistics, #ratio-branch, #output and
 #switchable-normalization. :func:`exemplar_norm` and :func:`switchable_norm` compute
 ExemplarNorm2d's and SwitchableNorm2d's output with three compiled ops forward and three
-backward, whatever the pool (csrc/coefficients.cpp explains the chain):
+backward, whatever the pool (csrc/coefficient_op.cpp explains the chain):
 
-- ``torch.ops.en_seg.channel_moments(x) -> (mean, var)`` (:mod:`en_seg.ops.fused_norm`);
+- ``torch.ops.en_seg.channel_moments(x) -> (mean, var)`` (:mod:`en_seg.ops.channel_op`);
 - ``torch.ops.en_seg.exemplar_coefficients(mean, var, weight, bias, conv_w, fc1_w, fc1_b,
   fc2_w, fc2_b, running_mean, running_var, num_batches_tracked, normalizers, batch_stats,
   momentum, eps, count) -> (scale, shift, ratios, saved)``: every normalizer's statistics,
@@ -20,7 +20,7 @@ backward, whatever the pool (csrc/coefficients.cpp explains the chain):
   ``channel_norm_input_grad``.
 
 The moments and the coefficients run with gradients disabled; their autograd kernels and
-the apply ops' are C++ (csrc/coefficients.cpp). This module registers the ops' fake
+the apply ops' are C++ (csrc/coefficient_op.cpp). This module registers the ops' fake
 kernels, so that ``torch.compile`` traces the layer in one graph.
 """
 import functools
@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .fused_norm import _COEFFICIENT_DTYPES, _activation_like
+from .channel_op import _COEFFICIENT_DTYPES, _activation_like
 
 #: The ops' codes of the pool's normalizers (their ``normalizers`` argument).
 NORMALIZER_CODES = {'IN': 0, 'LN': 1, 'BN': 2}
@@ -52,7 +52,7 @@ def exemplar_norm(x: Tensor, weight: Tensor, bias: Tensor, conv_w: Tensor, fc1_w
 
     Args:
         x: (N, C, H, W) float16, bfloat16, float32 or float64, on a device where
-            :func:`~en_seg.ops.fused_norm.fused_coefficients_available`.
+            :func:`~en_seg.ops.channel_op.fused_coefficients_available`.
         weight, bias: γ and β, (K, C); conv_w (C / r, r, 1), fc1_w (P, K²), fc1_b (P,),
             fc2_w (K, P), fc2_b (K,): the ratio branch. All in the statistics' dtype
             (float64 for a float64 x, else float32).
@@ -131,7 +131,7 @@ def _pool_size(normalizers: Sequence[int]) -> int:
 
 
 def _exemplar_saved_values(n: int, c: int, k: int, conv_w: Tensor, fc1_w: Tensor) -> int:
-    # csrc/coefficients.h, ExemplarSavedLayout: the ratio branch's activations per sample
+    # csrc/coefficient_op.h, ExemplarSavedLayout: the ratio branch's activations per sample
     # (λ, v, h, z, d: K + K² + P + K·C/r + K·C), then ρ (K·C).
     return n * (k + k * k + fc1_w.shape[0] + k * conv_w.shape[0] + 2 * k * c)
 
@@ -179,7 +179,7 @@ if _COEFFICIENT_DTYPES:
                                               f'(N, C), got {tuple(mean.shape)}')
         n, c = mean.shape
         k = _pool_size(normalizers)
-        # csrc/coefficients.h, SwitchableSavedLayout: r, m, s (N, C each), the LN and BN
+        # csrc/coefficient_op.h, SwitchableSavedLayout: r, m, s (N, C each), the LN and BN
         # statistics (2N + 2C), w and w' (2K).
         saved = mean.new_empty(3 * n * c + 2 * n + 2 * c + 2 * k)
         return mean.new_empty(n, c), mean.new_empty(n, c), saved

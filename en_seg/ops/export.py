@@ -2,7 +2,7 @@
 
 No ONNX runtime knows an ``en_seg::*`` operator, and neither of torch's ONNX exporters
 translates one. While an exporter traces, the two places that dispatch to the compiled ops,
-:func:`~en_seg.ops.fused_norm.channel_affine_norm` and
+:func:`~en_seg.ops.channel_op.channel_affine_norm` and
 :func:`~en_seg.ops.ratio_op.exemplar_ratios`, compute the same function with plain PyTorch
 ops (the references of :mod:`en_seg.models`), which every exporter translates: statistics
 and ratio branch become ordinary nodes of the graph, for any caller of the layers. The same

@@ -25,7 +25,7 @@ CXX = shutil.which('g++')
 
 #: The kernel files: <name>_kernel.cu with its C entry points in bindings/<name>.cpp, and
 #: the other kernel files whose launchers it calls.
-KERNELS = {'moments_apply': (), 'exemplar_ratios': (), 'coefficients': ('exemplar_ratios',)}
+KERNELS = {'channel_op': (), 'ratio_op': (), 'coefficient_op': ('ratio_op',)}
 
 _COMMON_FLAGS = ['-std=c++20', '-fPIC', '-fvisibility=hidden',
                  # nvcc would contract a * b + c into an FMA; g++ may too on some targets.

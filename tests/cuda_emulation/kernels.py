@@ -44,8 +44,8 @@ class _Library:
         return function
 
 
-class MomentsApply(_Library):
-    """moments_apply_kernel.cu's four launchers. Activations x, dy (N, C, H, W) of float16,
+class ChannelOp(_Library):
+    """channel_op_kernel.cu's four launchers. Activations x, dy (N, C, H, W) of float16,
     bfloat16, float32 or float64, dense in the layout `channels_last` names (either, when
     H * W = 1 or C = 1); (N, C) coefficients and results contiguous, float32 (float64 for
     float64 x)."""
@@ -121,8 +121,8 @@ class MomentsApply(_Library):
         return dx
 
 
-class ExemplarRatios(_Library):
-    """exemplar_ratios_kernel.cu's two launchers, on contiguous float32 tensors shaped as
+class RatioOp(_Library):
+    """ratio_op_kernel.cu's two launchers, on contiguous float32 tensors shaped as
     the op en_seg::exemplar_ratios takes them (csrc/module.cpp)."""
 
     def __init__(self, path):
@@ -171,8 +171,8 @@ class ExemplarRatios(_Library):
         return grads
 
 
-class Coefficients(_Library):
-    """coefficients_kernel.cu's four launchers, on contiguous float32 tensors shaped as the
+class CoefficientOp(_Library):
+    """coefficient_op_kernel.cu's four launchers, on contiguous float32 tensors shaped as the
     ops en_seg::exemplar_coefficients, switchable_coefficients and their backward ops take
     them (csrc/module.cpp); the running statistics are updated in place."""
 
@@ -208,7 +208,7 @@ class Coefficients(_Library):
 
     @staticmethod
     def _running(running_mean, running_var, num_batches_tracked, update, momentum, count):
-        """The running statistics' arguments, as csrc/cuda/coefficients_cuda.cpp makes them."""
+        """The running statistics' arguments, as csrc/cuda/coefficient_op_cuda.cpp makes them."""
         return [_PTR(None if running_mean is None else running_mean.data_ptr()),
                 _PTR(None if running_var is None else running_var.data_ptr()),
                 _PTR(num_batches_tracked.data_ptr() if update else None), int(update),

@@ -1,6 +1,6 @@
 // The (N, C) arithmetic of the coefficient ops (docs/method.md#statistics,
 // #running-statistics, #output and #switchable-normalization), shared by the CPU kernels
-// (coefficients_cpu.cpp) and the CUDA kernels (cuda/coefficients_kernel.cu) where their
+// (coefficient_op_cpu.cpp) and the CUDA kernels (cuda/coefficient_op_kernel.cu) where their
 // loops agree: how a normalizer's statistics follow from the merged ones, the running
 // statistics' update, and the per-(n, c) terms of the forward and the backward. The
 // reductions (over C for LN, over N for BN and the parameters) are each kernel's own.

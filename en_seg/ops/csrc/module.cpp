@@ -4,20 +4,31 @@
 #include <Python.h>
 #include <torch/library.h>
 
+// The version of the schemas below. Bump it with any change to them: en_seg/ops/library.py
+// uses the library only where its version is the one the Python side registers for, so an
+// extension built from older sources falls back to the references instead of failing.
+constexpr long kSchemaVersion = 4;
+
 extern "C" {
-// An empty module: importing en_seg.ops._C loads this library, whose static initialisers
-// register the ops below with the dispatcher (torch.ops.en_seg.*).
+// A module holding only SCHEMA_VERSION: importing en_seg.ops._C loads this library, whose
+// static initialisers register the ops below with the dispatcher (torch.ops.en_seg.*).
 PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
                                nullptr, nullptr, nullptr, nullptr};
-  return PyModule_Create(&module);
+  PyObject* created = PyModule_Create(&module);
+  if (created != nullptr &&
+      PyModule_AddIntConstant(created, "SCHEMA_VERSION", kSchemaVersion) < 0) {
+    Py_DECREF(created);
+    return nullptr;
+  }
+  return created;
 }
 }
 
 TORCH_LIBRARY(en_seg, m) {
-  // Tells a user of torch.ops.en_seg.exemplar_ratios without its fake kernel which Python
-  // module registers it.
-  m.set_python_module("en_seg.ops.ratio_op");
+  // Tells a user of torch.ops.en_seg.* without the fake kernels which Python module
+  // registers them.
+  m.set_python_module("en_seg.ops");
   // docs/method.md#ratio-branch, steps 2-6: ratios λ (N, K) from pooled (N, C), means and
   // rstds (N, K, C), conv_w (C / r, r, 1), fc1_w (P, K * K), fc1_b (P), fc2_w (K, P),
   // fc2_b (K). Also returns activations (N, K + K * K + P + K * C / r + K * C), not
@@ -37,7 +48,7 @@ TORCH_LIBRARY(en_seg, m) {
       {at::Tag::pt2_compliant_tag});
 }
 
-// The coefficient ops of the mixed layers and their apply ops (coefficients.cpp has their
+// The coefficient ops of the mixed layers and their apply ops (coefficient_op.cpp has their
 // math and how a layer chains them). `normalizers` lists the pool's codes in order, IN = 0,
 // LN = 1, BN = 2; mean and var are the (N, C) moments of channel_moments, float32 or
 // float64, and every other tensor has their dtype. batch_stats: BN normalizes by the batch
@@ -45,7 +56,7 @@ TORCH_LIBRARY(en_seg, m) {
 // statistics given (BN in the pool), they are updated in place like nn.BatchNorm2d's, with
 // `momentum` (None: the cumulative average) and count = N * H * W values per channel.
 TORCH_LIBRARY_FRAGMENT(en_seg, m) {
-  m.set_python_module("en_seg.ops.coefficient_op");
+  m.set_python_module("en_seg.ops");
   // EN: scale, shift (N, C) of y = scale * (x - mean) + shift (paper Eq. 3), the ratios λ
   // (N, K), and saved, what the backward needs (not differentiable).
   m.def(

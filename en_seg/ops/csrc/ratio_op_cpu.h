@@ -1,5 +1,5 @@
-// The CPU kernels of the ratio branch (exemplar_ratios_cpu.cpp) on raw arrays, for the
-// other CPU ops that run the branch inside them (coefficients_cpu.cpp). Float32 and
+// The CPU kernels of the ratio branch (ratio_op_cpu.cpp) on raw arrays, for the
+// other CPU ops that run the branch inside them (coefficient_op_cpu.cpp). Float32 and
 // float64; pointers and shapes as in ratio_math.h.
 #pragma once
 

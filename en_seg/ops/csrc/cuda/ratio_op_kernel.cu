@@ -6,7 +6,7 @@
 // order, which keeps gradients bit-identical from run to run). Float32 throughout.
 #include <cuda_runtime.h>
 
-#include "exemplar_ratios_kernel.h"
+#include "ratio_op_kernel.h"
 
 namespace en_seg {
 namespace cuda {

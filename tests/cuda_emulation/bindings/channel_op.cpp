@@ -1,10 +1,10 @@
-// C entry points to the launchers of moments_apply_kernel.cu (moments_apply_kernel.h), for
+// C entry points to the launchers of channel_op_kernel.cu (channel_op_kernel.h), for
 // ctypes (kernels.py). Every pointer is host memory standing for device memory; `dtype` is
 // a cuda::DType and every entry returns the launcher's cudaError_t, emu_failure_message()
 // saying why when it is not cudaSuccess.
 #include <cstdint>
 
-#include "moments_apply_kernel.h"
+#include "channel_op_kernel.h"
 #include "bindings/entry.h"
 
 using en_seg::cuda::Activation;

@@ -1,5 +1,5 @@
-"""The fused statistics / apply ops (en_seg.ops.fused_norm, csrc/moments_apply*.cpp,
-csrc/cuda/moments_apply*) and the EN / SN layers that use them (docs/method.md#output).
+"""The fused statistics / apply ops (en_seg.ops.channel_op, csrc/channel_op*.cpp,
+csrc/cuda/channel_op*) and the EN / SN layers that use them (docs/method.md#output).
 
 The oracles are float64 PyTorch formulas written here, the layers' pure-PyTorch path
 (``norm_impl='reference'``) and the literal K-map reference of tests/reference.py.
@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
-from en_seg.ops.fused_norm import channel_affine_norm, fused_kernels_available
+from en_seg.ops.channel_op import channel_affine_norm, fused_kernels_available
 from reference import exemplar_norm, randomized, switchable_norm
 
 pytestmark = pytest.mark.skipif(
@@ -332,7 +332,7 @@ def test_layer_makes_batchnorm_passes_and_saves_only_x_and_small_tensors(cls, kw
     with _ActivationPasses(x.numel()) as backward:
         torch.autograd.grad(y, (x, *layer.parameters()), grad)
     # The apply op's forward is the affine map, its backward the layer's (one reduction
-    # pass, one elementwise pass; csrc/coefficients.cpp).
+    # pass, one elementwise pass; csrc/coefficient_op.cpp).
     apply = {ExemplarNorm2d: 'exemplar_norm_apply', SwitchableNorm2d: 'switchable_norm_apply'}
     assert forward.ops == ['channel_moments.default', f'{apply[cls]}.default']
     assert backward.ops == ['channel_affine_grad_sums.default',

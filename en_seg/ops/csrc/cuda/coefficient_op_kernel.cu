@@ -1,8 +1,8 @@
-// CUDA kernels of the coefficient ops (launchers declared in coefficients_kernel.h). All
+// CUDA kernels of the coefficient ops (launchers declared in coefficient_op_kernel.h). All
 // (N, C) work: a thread per channel for what merges over the samples (the BN statistics
 // and their running update, the parameters' gradients), a block per sample for what merges
 // over the channels (the LN statistics), EN's ratio branch by the ratio op's own kernels
-// (exemplar_ratios_kernel.h), a thread per (n, c) for the rest. Every sum runs in an order
+// (ratio_op_kernel.h), a thread per (n, c) for the rest. Every sum runs in an order
 // fixed by the shape (per-thread loops, then a warp butterfly and the warps in turn), with
 // no atomics, so results are bit-identical from run to run. Float32.
 //
@@ -12,8 +12,8 @@
 // switchable_sample_grad, switchable_channel_grad, switchable_weights_grad.
 #include <cuda_runtime.h>
 
-#include "coefficients_kernel.h"
-#include "exemplar_ratios_kernel.h"
+#include "coefficient_op_kernel.h"
+#include "ratio_op_kernel.h"
 
 namespace en_seg {
 namespace cuda {

@@ -1,4 +1,4 @@
-#include "exemplar_ratios.h"
+#include "ratio_op.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>

@@ -1,9 +1,9 @@
 // CPU kernels of the coefficient ops (en_seg::exemplar_coefficients, switchable_coefficients
-// and their backward ops) and the CPU registration of the apply ops (coefficients.cpp).
+// and their backward ops) and the CPU registration of the apply ops (coefficient_op.cpp).
 //
 // Everything is (N, C) work, small next to a pass over X: loops along the channels, a
 // normalizer at a time, on the calling thread. EN runs the ratio branch through the ratio
-// op's own CPU kernel (exemplar_ratios_cpu.h, which spreads samples over threads) on the
+// op's own CPU kernel (ratio_op_cpu.h, which spreads samples over threads) on the
 // statistics laid out as that kernel reads them. Every sum runs in an order fixed by the
 // shape, so results do not depend on the number of threads.
 #include <ATen/Dispatch.h>
@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include "coefficients.h"
-#include "exemplar_ratios_cpu.h"
+#include "coefficient_op.h"
+#include "ratio_op_cpu.h"
 
 namespace en_seg {
 namespace {

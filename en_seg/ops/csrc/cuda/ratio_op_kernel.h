@@ -1,6 +1,6 @@
-// Launchers of the CUDA kernels of the ratio branch (exemplar_ratios_kernel.cu). Plain
+// Launchers of the CUDA kernels of the ratio branch (ratio_op_kernel.cu). Plain
 // C++ and CUDA runtime types only, so the kernels compile without torch headers; the torch
-// glue is exemplar_ratios_cuda.cpp. All pointers are device pointers to contiguous float32
+// glue is ratio_op_cuda.cpp. All pointers are device pointers to contiguous float32
 // arrays shaped as in ratio_math.h; kernels run on `stream` and return its launch error.
 #pragma once
 

@@ -1,5 +1,5 @@
 // CUDA kernels of the fused statistics / apply ops (schemas and math in
-// ../moments_apply.cpp, launchers declared in moments_apply_kernel.h).
+// ../channel_op.cpp, launchers declared in channel_op_kernel.h).
 //
 // Accumulation in float32 (float64 for float64 data). Every result is reduced in an order
 // fixed by the shape (per-thread loops, then shuffle and shared-memory trees, then segments in
@@ -21,7 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "moments_apply_kernel.h"
+#include "channel_op_kernel.h"
 
 namespace en_seg {
 namespace cuda {

@@ -1,7 +1,7 @@
 // CUDA implementations of en_seg::channel_moments, channel_affine, channel_affine_grad_sums,
 // channel_affine_input_grad and channel_norm_input_grad: argument checks, allocation on the
 // caching allocator and launch on the current stream. The kernels are in
-// moments_apply_kernel.cu.
+// channel_op_kernel.cu.
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,8 +10,8 @@
 
 #include <tuple>
 
-#include "../moments_apply.h"
-#include "moments_apply_kernel.h"
+#include "../channel_op.h"
+#include "channel_op_kernel.h"
 
 namespace en_seg {
 namespace {

@@ -1,15 +1,15 @@
 // CUDA implementations of the coefficient ops and the CUDA registration of the apply ops:
-// argument checks (../coefficients.cpp), allocation on the caching allocator and launch on
-// the current stream. The kernels are in coefficients_kernel.cu.
+// argument checks (../coefficient_op.cpp), allocation on the caching allocator and launch on
+// the current stream. The kernels are in coefficient_op_kernel.cu.
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../coefficients.h"
-#include "coefficients_kernel.h"
-#include "exemplar_ratios_kernel.h"
+#include "../coefficient_op.h"
+#include "coefficient_op_kernel.h"
+#include "ratio_op_kernel.h"
 
 namespace en_seg {
 namespace {

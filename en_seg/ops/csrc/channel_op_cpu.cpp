@@ -1,6 +1,6 @@
 // CPU kernels of en_seg::channel_moments, channel_affine, channel_affine_grad_sums,
 // channel_affine_input_grad and channel_norm_input_grad (schemas and math in
-// moments_apply.cpp).
+// channel_op.cpp).
 //
 // Memory-bound passes spread over threads with at::parallel_for: loops along a row that the
 // compiler vectorizes (simd.h; plain loops come out faster than at::vec::Vectorized, whose
@@ -28,7 +28,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "moments_apply.h"
+#include "channel_op.h"
 #include "simd.h"
 
 namespace en_seg {
@@ -410,7 +410,7 @@ at::Tensor channel_affine_input_grad_cpu(const at::Tensor& grad_y, const at::Ten
 }
 
 // channel_affine_input_grad with dy_scale = scale, x_scale = 2 grad_var / M and
-// shift = (grad_mean - scale * sum_dy) / M (moments_apply.cpp).
+// shift = (grad_mean - scale * sum_dy) / M (channel_op.cpp).
 at::Tensor channel_norm_input_grad_cpu(const at::Tensor& grad_y, const at::Tensor& input,
                                        const at::Tensor& mean, const at::Tensor& scale,
                                        const at::Tensor& sum_dy, const at::Tensor& grad_mean,

@@ -1,7 +1,7 @@
 // Argument checking shared by the CPU and CUDA kernels of the fused statistics / apply ops
 // en_seg::channel_moments, channel_affine, channel_affine_grad_sums,
 // channel_affine_input_grad and channel_norm_input_grad (schemas and their math in
-// moments_apply.cpp).
+// channel_op.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -4,7 +4,7 @@ docs/method.md#statistics and #output (paper Sec. 3.1-3.3, Eq. 3). A mixed layer
 an affine map of X per (n, c), ``y = scale * (x - mean) + shift``, whose (N, C)
 coefficients are a small differentiable function of the per-(n, c) moments (merging them
 into IN / LN / BN statistics, the ratio branch, γ and β). Five compiled ops
-(csrc/moments_apply.cpp; CPU and CUDA kernels) give a layer BatchNorm's memory passes:
+(csrc/channel_op.cpp; CPU and CUDA kernels) give a layer BatchNorm's memory passes:
 
 - ``torch.ops.en_seg.channel_moments(x) -> (mean, var)``: one read of X.
 - ``torch.ops.en_seg.channel_affine(x, center, scale, shift)``: one read and one write.

@@ -1,7 +1,7 @@
 // Argument checking, output allocation and the saved values' layouts shared by the CPU and
 // CUDA implementations of the coefficient ops en_seg::exemplar_coefficients,
 // switchable_coefficients, their backward ops, and the apply ops exemplar_norm_apply and
-// switchable_norm_apply (schemas in module.cpp, their math in coefficients.cpp).
+// switchable_norm_apply (schemas in module.cpp, their math in coefficient_op.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -19,8 +19,8 @@
 // The autograd kernels are C++ (this file) rather than torch.library.register_autograd:
 // that refuses ops that mutate an input (the running statistics), and its Python wrapper
 // costs more per call than a whole small layer's arithmetic. Kernels:
-// coefficients_cpu.cpp, cuda/coefficients_*.
-#include "coefficients.h"
+// coefficient_op_cpu.cpp, cuda/coefficients_*.
+#include "coefficient_op.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
@@ -33,7 +33,7 @@
 #include <tuple>
 #include <vector>
 
-#include "exemplar_ratios.h"
+#include "ratio_op.h"
 
 namespace en_seg {
 namespace {

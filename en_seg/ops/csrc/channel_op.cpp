@@ -10,9 +10,9 @@
 // them (merging moments into IN / LN / BN statistics, the ratio branch) stays in PyTorch.
 // Centring on the per-(n, c) mean keeps the sums free of cancellation when |mean| >> std.
 //
-// Kernels: moments_apply_cpu.cpp (CPU), cuda/ (CUDA). Fake kernels and autograd formulas:
-// en_seg/ops/fused_norm.py.
-#include "moments_apply.h"
+// Kernels: channel_op_cpu.cpp (CPU), cuda/ (CUDA). Fake kernels and autograd formulas:
+// en_seg/ops/channel_op.py.
+#include "channel_op.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
@@ -126,7 +126,7 @@ at::Tensor empty_activation(const Activation& x) {
 // channels_last; (N, C) tensors are float32 (float64 for a float64 x); outputs that are
 // activations have x's dtype and layout.
 TORCH_LIBRARY_FRAGMENT(en_seg, m) {
-  m.set_python_module("en_seg.ops.fused_norm");
+  m.set_python_module("en_seg.ops.channel_op");
   // (mean, var): per-(n, c) mean and biased variance over H * W.
   m.def("channel_moments(Tensor x) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
   // y = scale * (x - center) + shift per (n, c).

@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
 from en_seg.ops.coefficient_op import normalizer_codes
-from en_seg.ops.fused_norm import fused_coefficients_available
+from en_seg.ops.channel_op import fused_coefficients_available
 from reference import randomized
 
 pytestmark = pytest.mark.skipif(

@@ -1,14 +1,14 @@
 // CUDA implementations of en_seg::exemplar_ratios and en_seg::exemplar_ratios_backward:
 // argument checks, allocation on the caching allocator and launch on the current stream.
-// The kernels themselves are in exemplar_ratios_kernel.cu.
+// The kernels themselves are in ratio_op_kernel.cu.
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../exemplar_ratios.h"
-#include "exemplar_ratios_kernel.h"
+#include "../ratio_op.h"
+#include "ratio_op_kernel.h"
 
 namespace en_seg {
 namespace {

@@ -1,4 +1,4 @@
-// C entry points to the launchers of coefficients_kernel.cu (coefficients_kernel.h), for
+// C entry points to the launchers of coefficient_op_kernel.cu (coefficient_op_kernel.h), for
 // ctypes (kernels.py). Sizes are ratio::Sizes' fields and the pool's codes; the arrays of
 // pointers hold the fields of the launchers' input and gradient structs in their order;
 // pointers are host memory standing for device memory. Launchers return their
@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "bindings/entry.h"
-#include "coefficients_kernel.h"
+#include "coefficient_op_kernel.h"
 
 namespace coef = en_seg::coef;
 namespace cuda = en_seg::cuda;

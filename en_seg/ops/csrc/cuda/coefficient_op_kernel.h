@@ -1,7 +1,7 @@
-// Launchers of the CUDA kernels of the coefficient ops (coefficients_kernel.cu; schemas in
-// ../module.cpp, math in ../coefficients.cpp and ../coefficient_math.h). Plain C++ and CUDA
+// Launchers of the CUDA kernels of the coefficient ops (coefficient_op_kernel.cu; schemas in
+// ../module.cpp, math in ../coefficient_op.cpp and ../coefficient_math.h). Plain C++ and CUDA
 // runtime types only, so the kernels compile without torch headers; the torch glue is
-// coefficients_cuda.cpp. All pointers are device pointers to contiguous float32 arrays
+// coefficient_op_cuda.cpp. All pointers are device pointers to contiguous float32 arrays
 // shaped as the ops take them; launchers enqueue on `stream` and return its launch error.
 #pragma once
 

@@ -12,7 +12,7 @@
 
 namespace en_seg {
 
-// Checks shared with the coefficient ops (coefficients.cpp); each raises c10::Error naming
+// Checks shared with the coefficient ops (coefficient_op.cpp); each raises c10::Error naming
 // `op`, the tensor, its shape and the expected one.
 void check_dim(const char* op, const char* name, const at::Tensor& t, int64_t dim,
                const char* expected);

@@ -1,7 +1,7 @@
 // Launchers of the CUDA kernels of the fused statistics / apply ops
-// (moments_apply_kernel.cu; schemas and math in ../moments_apply.cpp). Plain C++ and CUDA
+// (channel_op_kernel.cu; schemas and math in ../channel_op.cpp). Plain C++ and CUDA
 // runtime types only, so the kernels compile with nvcc without torch headers; the torch glue
-// is moments_apply_cuda.cpp.
+// is channel_op_cuda.cpp.
 //
 // Pointers are device pointers. Activations (x, y, grad_y, grad_x) are dense (N, C, H, W)
 // or channels_last arrays of `dtype`; (N, C) arrays (mean, var, center, scale, shift, ...)

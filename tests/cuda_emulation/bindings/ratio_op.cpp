@@ -1,4 +1,4 @@
-// C entry points to the launchers of exemplar_ratios_kernel.cu (exemplar_ratios_kernel.h),
+// C entry points to the launchers of ratio_op_kernel.cu (ratio_op_kernel.h),
 // for ctypes (kernels.py). Sizes are ratio::Sizes' fields; the arrays of pointers hold the
 // fields of ratio::Inputs, BackwardInputs and Grads in their order; pointers are host
 // memory standing for device memory. Launchers return their cudaError_t,
@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "bindings/entry.h"
-#include "exemplar_ratios_kernel.h"
+#include "ratio_op_kernel.h"
 
 namespace ratio = en_seg::ratio;
 

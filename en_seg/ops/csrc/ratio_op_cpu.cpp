@@ -20,8 +20,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "exemplar_ratios.h"
-#include "exemplar_ratios_cpu.h"
+#include "ratio_op.h"
+#include "ratio_op_cpu.h"
 
 namespace en_seg {
 namespace {
