@@ -42,9 +42,9 @@ cuda-emulation: $(STAMP)
 # Regenerates the measured tables in docs/ (and quoted in README.md) on this machine.
 benchmark: $(STAMP)
 	$(PY) tools/benchmark.py ratio --device cpu --threads 1 --clock cpu --repeats 5
-	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py layer --device cpu --threads 1 --clock cpu \
+	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py layer --device cpu --threads 1 2 \
 		--doc docs/benchmark_layer_model.md
-	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py model --device cpu --threads 1 --clock cpu \
+	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py model --device cpu --threads 1 2 \
 		--doc docs/benchmark_layer_model.md
 
 # `make cuda-build`: compiles en_seg.ops._C with its CUDA kernels and checks that every op

@@ -1,8 +1,8 @@
-"""The fused statistics / apply ops (en_seg.ops.channel_op, csrc/channel_op*.cpp,
+"""The channel ops: statistics / apply (en_seg.ops.channel_op, csrc/channel_op*.cpp,
 csrc/cuda/channel_op*) and the EN / SN layers that use them (docs/method.md#output).
 
 The oracles are float64 PyTorch formulas written here, the layers' pure-PyTorch path
-(``norm_impl='reference'``) and the literal K-map reference of tests/reference.py.
+(``impl='reference'``) and the literal K-map reference of tests/reference.py.
 """
 import copy
 
@@ -11,11 +11,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
-from en_seg.ops.channel_op import channel_affine_norm, fused_kernels_available
+from en_seg.ops import CUDA_KERNELS_AVAILABLE, EXTENSION_AVAILABLE, channel_affine_norm
 from reference import exemplar_norm, randomized, switchable_norm
 
 pytestmark = pytest.mark.skipif(
-    not fused_kernels_available(torch.empty(0)),
+    not EXTENSION_AVAILABLE,
     reason='en_seg.ops._C is not built with the fused ops '
            '(pip install --no-build-isolation -e .)')
 
@@ -25,8 +25,7 @@ DTYPES = (torch.float32, torch.float64) + HALF
 # Odd sizes on purpose: H * W and C not multiples of any vector width, H * W = 1, a plane
 # longer than the CPU kernel's block, a channels_last sample split into several segments.
 SHAPES = [(2, 3, 5, 7), (3, 19, 1, 1), (1, 1, 1, 1), (2, 37, 33, 41), (2, 40, 64, 65)]
-CUDA_KERNELS = (torch.cuda.is_available()
-                and fused_kernels_available(torch.empty(0, device='cuda')))
+CUDA_KERNELS = torch.cuda.is_available() and CUDA_KERNELS_AVAILABLE
 DEVICES = ['cpu'] + (['cuda'] if CUDA_KERNELS else [])
 requires_cuda_kernels = pytest.mark.skipif(
     not CUDA_KERNELS, reason='needs a GPU and the CUDA build of the fused ops')
@@ -205,7 +204,7 @@ def test_bad_arguments_are_rejected_with_a_clear_message(call, match):
 def layer_pair(cls, c, seed=0, **kwargs):
     """A fused layer and its pure-PyTorch twin with the same float64 state."""
     fused = randomized(cls(c, **kwargs).double(), seed)
-    reference = cls(c, norm_impl='reference', **kwargs).double()
+    reference = cls(c, impl='reference', **kwargs).double()
     reference.load_state_dict(fused.state_dict())
     return fused, reference
 
@@ -370,9 +369,11 @@ def test_single_values_stay_finite(shape):
     assert torch.isfinite(x.grad).all() and torch.isfinite(layer.running_var).all()
 
 
-def test_unknown_norm_impl_is_rejected():
-    with pytest.raises(ValueError, match="norm_impl must be one of"):
-        ExemplarNorm2d(32, norm_impl='cudnn')
+def test_unknown_impl_is_rejected():
+    with pytest.raises(ValueError, match=r"impl must be one of \('op', 'reference'\), got 'cudnn'"):
+        ExemplarNorm2d(32, impl='cudnn')
+    with pytest.raises(ValueError, match='impl must be one of'):
+        SwitchableNorm2d(32, impl='fused')
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The coefficient ops and the fused layers built on them (en_seg.ops.coefficient_op,
-csrc/coefficients*.cpp): one op from the moments to the affine map, one apply op whose
+csrc/coefficient_op*.cpp): one op from the moments to the affine map, one apply op whose
 backward is the layer's (docs/method.md#statistics, #running-statistics, #output,
 #switchable-normalization).
 
-Oracles: the layers' pure-PyTorch path (norm_impl='reference', ratio_impl='reference'),
+Oracles: the layers' pure-PyTorch path (impl='reference'),
 autograd through it, nn.BatchNorm2d for the running statistics, and gradcheck. The CUDA
 kernels of these ops are checked against the CPU ones in tests/test_cuda_emulation.py.
 """
@@ -13,12 +13,11 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
-from en_seg.ops.coefficient_op import normalizer_codes
-from en_seg.ops.channel_op import fused_coefficients_available
+from en_seg.ops import EXTENSION_AVAILABLE, normalizer_codes
 from reference import randomized
 
 pytestmark = pytest.mark.skipif(
-    not fused_coefficients_available(torch.empty(0)),
+    not EXTENSION_AVAILABLE,
     reason='en_seg.ops._C is not built with the coefficient ops '
            '(pip install --no-build-isolation -e .)')
 
@@ -33,10 +32,7 @@ BRANCHES = [dict(reduction=4, pi=50), dict(reduction=16, pi=1), dict(reduction=1
 def pair(cls, c, seed=0, **kwargs):
     """A float64 layer on the coefficient ops and its pure-PyTorch twin, same state."""
     fused = randomized(cls(c, **kwargs).double(), seed)
-    impls = dict(norm_impl='reference')
-    if cls is ExemplarNorm2d:
-        impls['ratio_impl'] = 'reference'
-    reference = cls(c, **impls, **kwargs).double()
+    reference = cls(c, impl='reference', **kwargs).double()
     reference.load_state_dict(fused.state_dict())
     return fused, reference
 
@@ -216,8 +212,8 @@ def switchable_inputs(layer, x):
 def test_backward_op_is_the_vector_jacobian_product_of_the_coefficients(cls, pool, training):
     # Autograd through the reference coefficients (ratio branch included), against the
     # backward op, for the gradients of mean, var and every parameter.
-    kwargs = dict(reduction=4, ratio_impl='reference') if cls is ExemplarNorm2d else {}
-    layer = randomized(cls(8, normalizers=pool, norm_impl='reference', **kwargs).double(), 4)
+    kwargs = dict(reduction=4) if cls is ExemplarNorm2d else {}
+    layer = randomized(cls(8, normalizers=pool, impl='reference', **kwargs).double(), 4)
     layer.train(training)
     x = activation((3, 8, 4, 3))
     gen = torch.Generator().manual_seed(5)

@@ -60,7 +60,7 @@ assert osp.dirname(_C.__file__) == osp.join(package, 'ops'), _C.__file__
 assert EXTENSION_AVAILABLE
 x = torch.randn(2, 8, 5, 5)
 compiled = ExemplarNorm2d(8, reduction=4)
-reference = ExemplarNorm2d(8, reduction=4, norm_impl='reference', ratio_impl='reference')
+reference = ExemplarNorm2d(8, reduction=4, impl='reference')
 reference.load_state_dict(compiled.state_dict())
 torch.testing.assert_close(compiled(x), reference(x))
 

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from en_seg.models import (ExemplarNorm2d, SwitchableNorm2d, SyncExemplarNorm2d,
                            SyncSwitchableNorm2d, mixed_norm)
-from en_seg.ops.channel_op import fused_kernels_available
+from en_seg.ops import EXTENSION_AVAILABLE
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LAYERS = {'EN': ExemplarNorm2d, 'SN': SwitchableNorm2d}
@@ -25,11 +25,10 @@ TIGHT = dict(rtol=1e-10, atol=1e-10)
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason='needs torch.distributed with gloo')
 
-NORM_IMPLS = ['reference'] + (['fused'] if fused_kernels_available(
-    torch.empty(0, dtype=torch.float64)) else [])
-#: (layer, norm_impl, per-rank batch sizes, process group) of the training cases.
+IMPLS = ['reference'] + (['op'] if EXTENSION_AVAILABLE else [])
+#: (layer, impl, per-rank batch sizes, process group) of the training cases.
 TRAIN_CASES = [(layer, impl, split, 'both' if split == (1, 3) else 'default')
-               for layer in LAYERS for impl in NORM_IMPLS for split in ((2, 2), (1, 3))]
+               for layer in LAYERS for impl in IMPLS for split in ((2, 2), (1, 3))]
 
 
 def case_name(layer, impl, sizes, group):
@@ -37,7 +36,7 @@ def case_name(layer, impl, sizes, group):
 
 
 def kwargs_of(layer, impl):
-    return dict(norm_impl=impl, reduction=4) if layer == 'EN' else dict(norm_impl=impl)
+    return dict(impl=impl, reduction=4) if layer == 'EN' else dict(impl=impl)
 
 
 def random_state(layer, kwargs):

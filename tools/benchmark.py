@@ -1,141 +1,198 @@
-"""Speed benchmarks of en-seg, one subcommand per benchmark, each printing a Markdown table.
+"""Speed and memory benchmarks of en-seg, one subcommand per benchmark, each printing a
+Markdown table; the benchmarks themselves are the package tools/benchmarking.
 
-``ratio`` times forward + backward of the ratio branch (docs/method.md#ratio-branch,
-steps 2-6, paper Sec. 3.3) by the compiled op ``torch.ops.en_seg.exemplar_ratios`` and by the
-pure-PyTorch reference, through the dispatch ExemplarNorm2d uses, for N in {2, 16, 64},
-C in {64, 256, 2048}, K = 3 (IN, LN, BN), r = min(32, C), π = 50. The table in
-docs/benchmark_ratio.md comes from::
+``ratio``: the ratio branch alone, compiled op against the PyTorch reference. The table
+in docs/benchmark_ratio.md comes from::
 
     python tools/benchmark.py ratio --device cpu --threads 1 --clock cpu --repeats 5
 
-``layer`` and ``model`` (tools/benchmark_norm.py) measure what swapping BatchNorm for EN
-costs: one layer's forward + backward against BN, GN, SN and the literal EN, and one
-training iteration of DeepLabV3 R50-D8, in time and peak memory::
+``layer``: one layer's forward + backward in training mode, EN against BN, GN(32), SN,
+EN's PyTorch reference and that reference under ``torch.compile``, at the ``standard``
+shapes (``--shapes large`` adds DeepLab's larger ones); ``model``: one training iteration
+of DeepLabV3 R50-D8 with EN, BN and GN(32). One run measures every thread count it is
+given, so that its ratios come from one run. docs/benchmark_layer_model.md holds the
+tables, what they are measured against, and the targets::
 
-    python tools/benchmark.py layer --doc docs/benchmark_layer_model.md
-    python tools/benchmark.py model --doc docs/benchmark_layer_model.md
+    python tools/benchmark.py layer --device cpu --threads 1 2 \\
+        --doc docs/benchmark_layer_model.md
+    python tools/benchmark.py model --device cpu --threads 1 2 \\
+        --doc docs/benchmark_layer_model.md
 
-On a GPU (tools/gpu_check.sh runs these), EN against cuDNN's BN and GN in float32 and
-bfloat16 autocast, NCHW and channels_last, and DeepLabV3 at 512×512 (mmseg's where it is
-installed, else torchvision's; the ``layer`` and ``model`` paths import no OpenMMLab)::
+On a GPU (tools/gpu_check.sh runs these), against cuDNN's BN, in float32 and bfloat16
+autocast, NCHW and channels_last, and DeepLabV3 at 512×512 (mmseg's where it is
+installed, else torchvision's; then ``layer`` and ``model`` import no OpenMMLab)::
 
-    python tools/benchmark.py layer --device cuda --variants BN 'GN(32)' EN \\
+    python tools/benchmark.py layer --device cuda --shapes standard large \\
         --dtypes float32 bfloat16 --memory-formats nchw channels_last
     python tools/benchmark.py model --device cuda --batch 2 --size 512
 
-Times are in microseconds: medians of ``torch.utils.benchmark.Timer.blocked_autorange``
-(which synchronizes CUDA), measured ``--repeats`` times in turn for every implementation,
-of which the lowest is kept, since other processes on a shared machine only add time. On a
-busy machine, ``--clock cpu --threads 1`` times the CPU this process spends, which other
+Times are the lowest, over ``--repeats`` measuring rounds that time every implementation
+in turn, of medians of ``torch.utils.benchmark.Timer.blocked_autorange`` (which
+synchronizes CUDA), since other processes on a shared machine only add time. On a busy
+machine, ``--clock cpu --threads 1`` times the CPU this process spends, which other
 processes do not change.
 """
 import argparse
-import platform
-import time
-from typing import Callable, Dict, List, Optional, Sequence
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import torch
-from torch.utils.benchmark import Timer
 
-from benchmark_norm import add_subcommands as add_norm_subcommands
-from en_seg.models import ExemplarNorm2d
-from en_seg.ops import CUDA_KERNELS_AVAILABLE, EXTENSION_AVAILABLE, exemplar_ratios
+from benchmarking import doc_section, layers, machine, model, process, ratio, report
+from benchmarking.timing import CLOCKS, Timing
+from en_seg.ops import available
 
-
-def median_us(stmt: str, env: Dict[str, object], args: argparse.Namespace) -> float:
-    """Median time of ``stmt`` in microseconds; ``env`` holds the names it uses."""
-    clock = {'cpu': {'timer': time.process_time}, 'wall': {}}[args.clock]
-    timer = Timer(stmt, globals=env, num_threads=args.threads, **clock)
-    return timer.blocked_autorange(min_run_time=args.min_run_time).median * 1e6
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DOC = REPO / 'docs' / 'benchmark_layer_model.md'
 
 
-def environment(args: argparse.Namespace) -> str:
-    """One line naming what the numbers were measured on, and how."""
-    if args.device == 'cuda':
-        where = torch.cuda.get_device_name()
-    else:
-        where = f'{_cpu_model()}, {args.threads} thread(s), {args.clock} clock'
-    return f'torch {torch.__version__}, {where}'
+def require_ops(device: str) -> None:
+    """Stop, naming the fix, unless the compiled en_seg ops run on ``device``."""
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('torch sees no CUDA device: run with --device cpu')
+    if not available(torch.empty(0, device=device)):
+        raise SystemExit(f'the compiled en_seg ops do not run on {device} in this build of '
+                         'en_seg.ops._C: run `pip install --no-build-isolation -e .` first')
 
 
-def _cpu_model() -> str:
+def timing(args: argparse.Namespace) -> Timing:
+    return Timing(args.clock, args.min_run_time, args.repeats)
+
+
+def header(args: argparse.Namespace) -> str:
+    """The results' machine and command line."""
+    command = shlex.join(['python', os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    return report.provenance(machine.describe(args.device, args.clock), command)
+
+
+def run_ratio(args: argparse.Namespace) -> str:
+    require_ops(args.device)
+    process.steady(args.device)
+    cases = ratio.measure(args.n, args.c, args.device, args.threads, timing(args))
+    return report.ratio_markdown(cases, args.device,
+                                 machine.describe(args.device, args.clock))
+
+
+def run_layer(args: argparse.Namespace) -> str:
+    require_ops(args.device)
+    process.steady(args.device)
+    shapes = [shape for shape_set in args.shapes for shape in shape_set]
+    cases = layers.measure(shapes, args.variants, args.dtypes, args.memory_formats,
+                           args.device, args.threads, timing(args))
+    text = report.layer_markdown(cases, args.device, timing(args), header(args))
+    if args.doc:
+        doc_section.write_section(args.doc, f'layer-{args.device}', text)
+    return text
+
+
+def run_model(args: argparse.Namespace) -> str:
+    require_ops(args.device)
+    process.steady(args.device)
+    source = model.resolve_source(args.source)
+    run = model.measure(source, args.norms, args.batch, args.size, args.device,
+                        args.threads, timing(args))
+    text = report.model_markdown(run, args.device, timing(args), header(args))
+    if args.doc:
+        section = f'model-{args.device}' + ('' if source == 'mmseg' else '-torchvision')
+        doc_section.write_section(args.doc, section, text)
+    return text
+
+
+def _shapes(text: str):
     try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def ratio_inputs(n: int, c: int, device: str, seed: int = 0) -> List[torch.Tensor]:
-    """The ratio branch's inputs as ExemplarNorm2d(C) passes them in training: per-sample
-    statistics of order 1 and the layer's initial parameters, all requiring grad."""
-    torch.manual_seed(seed)
-    layer = ExemplarNorm2d(c)
-    k = layer.num_normalizers
-    stats = [torch.randn(n, c), torch.randn(n, k, c), torch.rand(n, k, c) + 0.5]
-    params = [layer.ratio_conv.weight, layer.ratio_fc1.weight, layer.ratio_fc1.bias,
-              layer.ratio_fc2.weight, layer.ratio_fc2.bias]
-    return [t.detach().to(device).requires_grad_() for t in (*stats, *params)]
-
-
-def bench_ratio(args: argparse.Namespace) -> str:
-    """Forward + backward of the ratio branch, reference vs op; returns a Markdown table."""
-    if not EXTENSION_AVAILABLE or (args.device == 'cuda' and not CUDA_KERNELS_AVAILABLE):
-        raise SystemExit('en_seg.ops._C is not built (with CUDA kernels, for --device cuda): '
-                         'run `pip install --no-build-isolation -e .` first')
-    rows = ['| N | C | reference (µs) | op (µs) | reference / op |',
-            '|---:|---:|---:|---:|---:|']
-    for n in args.n:
-        for c in args.c:
-            inputs = ratio_inputs(n, c, args.device)
-            env = {'torch': torch, 'ratios': exemplar_ratios, 'inputs': inputs,
-                   'grad': torch.randn(n, 3, device=args.device)}
-            times = {'reference': float('inf'), 'op': float('inf')}
-            for _ in range(args.repeats):
-                for impl in times:
-                    stmt = f'torch.autograd.grad(ratios(*inputs, impl={impl!r}), inputs, grad)'
-                    times[impl] = min(times[impl], median_us(stmt, env, args))
-            rows.append(f'| {n} | {c} | {times["reference"]:.1f} | {times["op"]:.1f} | '
-                        f'{times["reference"] / times["op"]:.2f} |')
-    return '\n'.join([
-        f'Ratio branch, forward + backward (gradients of all 8 inputs), K = 3, '
-        f'r = min(32, C), π = 50, {args.device}: {environment(args)}.',
-        '', *rows, ''])
+        return layers.parse_shapes(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Speed benchmarks of en-seg')
+    parser = argparse.ArgumentParser(description='Speed and memory benchmarks of en-seg')
     commands = parser.add_subparsers(dest='command', required=True)
 
-    ratio = commands.add_parser('ratio', help='ratio branch: compiled op vs reference')
-    ratio.add_argument('--n', type=int, nargs='+', default=[2, 16, 64],
-                       help='batch sizes N (default: 2 16 64)')
-    ratio.add_argument('--c', type=int, nargs='+', default=[64, 256, 2048],
-                       help='channel counts C (default: 64 256 2048)')
-    ratio.set_defaults(run=bench_ratio)
+    ratio_command = commands.add_parser('ratio', help='ratio branch: compiled op vs reference')
+    ratio_command.add_argument('--n', type=int, nargs='+', default=[2, 16, 64],
+                               help='batch sizes N (default: 2 16 64)')
+    ratio_command.add_argument('--c', type=int, nargs='+', default=[64, 256, 2048],
+                               help='channel counts C (default: 64 256 2048)')
+    ratio_command.set_defaults(run=run_ratio)
 
-    for command in (ratio, *add_norm_subcommands(commands, median_us, environment)):
+    layer = commands.add_parser(
+        'layer', help='EN vs BN, GN(32), SN, its reference and the compiled reference: one '
+                      'layer, forward + backward')
+    layer.add_argument('--shapes', nargs='+', type=_shapes,
+                       default=[layers.SHAPE_SETS['standard']],
+                       metavar='SET|N,C,H,W',
+                       help=f'input shapes, or sets of them: {", ".join(layers.SHAPE_SETS)} '
+                            '(default: standard)')
+    layer.add_argument('--variants', nargs='+', choices=tuple(layers.VARIANTS),
+                       default=list(layers.VARIANTS),
+                       help='layers to measure, BN and EN among them (default: all)')
+    layer.add_argument('--dtypes', nargs='+', choices=tuple(layers.DTYPES),
+                       default=['float32'],
+                       help='float32, and/or bfloat16 under autocast (default: float32)')
+    layer.add_argument('--memory-formats', nargs='+', choices=tuple(layers.MEMORY_FORMATS),
+                       default=['nchw'], help='input layouts (default: nchw)')
+    layer.set_defaults(run=run_layer)
+
+    segmentor = commands.add_parser(
+        'model', help='DeepLabV3 R50-D8 with EN vs BN and GN(32): one training iteration, '
+                      'parameters, GFLOPs')
+    segmentor.add_argument('--batch', type=int, default=2,
+                           help='images per batch (default: 2)')
+    segmentor.add_argument('--size', type=int, default=256,
+                           help='square crop side in pixels (default: 256)')
+    segmentor.add_argument('--norms', nargs='+', choices=model.NORMS, default=list(model.NORMS),
+                           help='norm layers, BN and EN among them (default: all)')
+    segmentor.add_argument('--source', choices=model.SOURCES, default='auto',
+                           help="mmseg's DeepLabV3 R50-D8 or torchvision's deeplabv3_resnet50 "
+                                '(default: auto, mmseg where it is installed)')
+    segmentor.set_defaults(run=run_model)
+
+    for command in (layer, segmentor):
+        command.add_argument('--doc', type=Path,
+                             help='also put the table into this Markdown file, replacing '
+                                  'its section for this subcommand and device (e.g. '
+                                  f'{RESULTS_DOC.relative_to(REPO)})')
+    for command in (ratio_command, layer, segmentor):
         command.add_argument('--device', choices=('cpu', 'cuda'),
                              default='cuda' if torch.cuda.is_available() else 'cpu',
                              help='where to run (default: cuda if available, else cpu)')
-        command.add_argument('--threads', type=int, default=torch.get_num_threads(),
-                             help='CPU threads (default: torch.get_num_threads())')
+        command.add_argument('--threads', type=int, nargs='+',
+                             help='CPU thread counts, each measured in turn (default: 1 2 '
+                                  'on the CPU, torch.get_num_threads() with --device cuda)')
         command.add_argument('--min-run-time', type=float, default=0.3,
                              help='seconds of timing per measurement (default: 0.3)')
-        command.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+        command.add_argument('--clock', choices=CLOCKS, default='wall',
                              help='wall time, or CPU time of this process (--device cpu '
-                                  'only; with --threads 1 on a busy machine) (default: wall)')
+                                  'and --threads 1 only; on a busy machine) (default: wall)')
         command.add_argument('--repeats', type=int, default=3,
-                             help='measurements per implementation, the lowest median is '
-                                  'kept (default: 3)')
+                             help='measuring rounds; the lowest median is kept (default: 3)')
         command.add_argument('--out', help='also write the table to this Markdown file')
     args = parser.parse_args(argv)
+    _check(parser, args)
+    return args
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill in --threads; reject combinations that would measure nonsense."""
+    if args.threads is None:
+        args.threads = [1, 2] if args.device == 'cpu' else [torch.get_num_threads()]
     if args.clock == 'cpu' and args.device != 'cpu':
         parser.error('--clock cpu times CPU work; GPU kernels need --clock wall')
-    return args
+    if args.clock == 'cpu' and max(args.threads) > 1:
+        parser.error('--clock cpu adds up the CPU time of every thread: with --threads '
+                     'above 1 use --clock wall')
+    if args.command == 'layer':
+        if not {'BN', 'EN'} <= set(args.variants):
+            parser.error('--variants must include BN and EN')
+        if 'GN(32)' in args.variants and any(
+                shape[1] % 32 for shape_set in args.shapes for shape in shape_set):
+            parser.error('GN(32) needs every shape\'s C divisible by 32')
+    if args.command == 'model' and not {'BN', 'EN'} <= set(args.norms):
+        parser.error('--norms must include BN and EN')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

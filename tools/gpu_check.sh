@@ -12,12 +12,15 @@
 #      tests/test_ratio_op.py and tests/test_channel_op.py);
 #   3. memcheck and racecheck: tools/sanitize_layer.py under compute-sanitizer, where it is
 #      on the PATH;
-#   4. benchmarks: tools/benchmark.py layer (EN vs cuDNN BN vs GN, float32 and bfloat16
-#      autocast, NCHW and channels_last) and model (DeepLabV3 ResNet-50 output stride 8,
-#      EN vs BN, one training iteration at batch 2, 512x512).
+#   4. benchmarks: tools/benchmark.py layer (EN vs cuDNN BN vs GN(32), the standard and
+#      large shapes, float32 and bfloat16 autocast, NCHW and channels_last), layer again
+#      with EN's reference under torch.compile (the standard shapes, float32, NCHW), and
+#      model (DeepLabV3 ResNet-50 output stride 8, EN vs BN vs GN(32), one training
+#      iteration at batch 2, 512x512).
 # A stage's output goes to $LOGS/<stage>.log (default build/gpu-check). The report goes to
 # REPORT.md, default docs/gpu_check_<gpu>.md. Exits 1 if any stage failed; after a failed
-# build the later stages are skipped. About 5 minutes on one H100 / H200.
+# build the later stages are skipped. About 5 minutes on one H100 / H200, plus the
+# compile stage's six compilations.
 #
 # --dry-run: no GPU needed; proves the script and its Python paths here: no build (uses
 # the existing one), the tests (which skip without a GPU), the benchmarks on the CPU at
@@ -53,11 +56,13 @@ export PYTHONUNBUFFERED=1 KINETO_LOG_LEVEL=5
 
 if ((dry_run)); then
   device=cpu
-  layer_args=(--shapes '2,64,16,16' --min-run-time 0.01 --repeats 1)
-  model_args=(--batch 2 --size 64 --min-run-time 0.01 --repeats 1)
+  layer_args=(--shapes '2,64,16,16' --threads 1 --min-run-time 0.01 --repeats 1)
+  compile_args=("${layer_args[@]}")
+  model_args=(--batch 2 --size 64 --threads 1 --min-run-time 0.01 --repeats 1)
 else
   device=cuda
-  layer_args=(--min-run-time 0.2 --repeats 2)
+  layer_args=(--shapes standard large --min-run-time 0.2 --repeats 2)
+  compile_args=(--shapes standard --min-run-time 0.2 --repeats 2)
   model_args=(--batch 2 --size 512 --min-run-time 1 --repeats 2)
 fi
 
@@ -170,11 +175,15 @@ done
 # --- 4. benchmarks ---------------------------------------------------------------------
 if ((build_failed)); then
   skip benchmark-layer 'build failed'
+  skip benchmark-compile 'build failed'
   skip benchmark-model 'build failed'
 else
   stage benchmark-layer "$python" tools/benchmark.py layer --device "$device" \
     --variants BN 'GN(32)' EN --dtypes float32 bfloat16 --memory-formats nchw channels_last \
     "${layer_args[@]}" --out "$logs/layer.md"
+  stage benchmark-compile "$python" tools/benchmark.py layer --device "$device" \
+    --variants BN 'GN(32)' EN EN-reference-compiled "${compile_args[@]}" \
+    --out "$logs/layer_compiled.md"
   stage benchmark-model "$python" tools/benchmark.py model --device "$device" \
     "${model_args[@]}" --out "$logs/model.md"
 fi
@@ -210,6 +219,7 @@ mkdir -p "$(dirname "$report")"
   excerpt 'compute-sanitizer' 'SUMMARY|forward \+ backward passes|Error' \
     "$logs/memcheck.log" "$logs/racecheck.log"
   section 'Layer benchmark' "$logs/layer.md"
+  section 'Layer benchmark, EN reference under torch.compile' "$logs/layer_compiled.md"
   section 'Model benchmark' "$logs/model.md"
 } >"$report"
 echo "report: $report"

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
-from en_seg.ops.channel_op import fused_kernels_available
+from en_seg.ops import CUDA_KERNELS_AVAILABLE
 
 # (N, C, H, W): odd sizes; one value per plane; a channels_last sample of 128 * 129 rows,
 # which the reductions split into 64 segments.
@@ -33,7 +33,7 @@ def run(layer: torch.nn.Module, x: torch.Tensor) -> bool:
 
 
 def main() -> int:
-    if not fused_kernels_available(torch.empty(0, device='cuda')):
+    if not CUDA_KERNELS_AVAILABLE:
         print('en_seg.ops._C has no CUDA kernels: build it with a CUDA torch first',
               file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.manifold import TSNE
 
-from ..models.statistics import NORMALIZERS
+from ..models.mixed_norm import NORMALIZERS
 from .dynamics import RatioDynamics
 from .ratio_table import RatioTable, dominant_classes
 

@@ -4,8 +4,6 @@
 installed (:mod:`en_seg.registry`).
 """
 from .exemplar_norm import ExemplarNorm2d, SyncExemplarNorm2d
-from .ratio_branch import exemplar_ratios_reference
 from .switchable_norm import SwitchableNorm2d, SyncSwitchableNorm2d
 
-__all__ = ['ExemplarNorm2d', 'SwitchableNorm2d', 'SyncExemplarNorm2d', 'SyncSwitchableNorm2d',
-           'exemplar_ratios_reference']
+__all__ = ['ExemplarNorm2d', 'SwitchableNorm2d', 'SyncExemplarNorm2d', 'SyncSwitchableNorm2d']

@@ -5,8 +5,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..ops import check_ratio_impl, exemplar_ratios
-from ..ops.coefficient_op import exemplar_norm, normalizer_codes
+from ..ops import exemplar_norm, exemplar_ratios, normalizer_codes
 from .mixed_norm import _MixedNorm
 
 
@@ -21,7 +20,7 @@ class ExemplarNorm2d(_MixedNorm):
               + \beta_k
 
     The sum is folded into one affine map per (n, c), ``y = A * x + B``, computed with
-    BatchNorm's memory passes over X (:mod:`en_seg.ops.channel_op`); no K normalized
+    BatchNorm's memory passes over X (:mod:`en_seg.ops`); no K normalized
     copies of X are made. Statistics, ratios, A and B are float32 (or float64 for a
     float64 input), also under autocast; y has the input's dtype. Gradients flow through
     the statistics and the ratio branch. The BN member keeps ``running_mean`` /
@@ -43,15 +42,11 @@ class ExemplarNorm2d(_MixedNorm):
             maps C to C / r channels with exactly C weights; ``min(r, C)`` is used.
             Default: 32 (the paper's ResNet50 value).
         pi: π, the hidden width of the ratio branch is π·K. Default: 50.
-        ratio_impl: how the ratio branch runs: ``'op'``, the compiled op
-            ``torch.ops.en_seg.exemplar_ratios`` (falls back, with one warning, to the
-            reference where the extension is not built), or ``'reference'``, the
-            pure-PyTorch :func:`~en_seg.models.ratio_branch.exemplar_ratios_reference`, for
-            comparison. Both compute the same function. Default: 'op'.
-        norm_impl: how statistics and the affine map run: ``'fused'``, the compiled ops of
-            :mod:`en_seg.ops.channel_op` (falls back, with one warning, to the reference
-            where the extension is not built), or ``'reference'``, plain PyTorch. Both
-            compute the same function. Default: 'fused'.
+        impl: how statistics, ratio branch and affine map run: ``'op'``, the compiled ops
+            of :mod:`en_seg.ops` wherever they run the input (else, with one warning where
+            a build lacks them, the references), or ``'reference'``, the pure-PyTorch
+            :mod:`en_seg.ops.reference`, for comparison and export. Both compute the same
+            function. Default: 'op'.
         sync_stats: in training, the BN member's batch statistics are those of the whole
             batch of ``process_group``, reduced with one differentiable all-reduce per
             forward, and the ratio branch reads them; IN and LN stay per sample
@@ -79,7 +74,7 @@ class ExemplarNorm2d(_MixedNorm):
 
     Raises:
         ValueError: at construction, for C not divisible by r, a bad pool, non-positive
-            sizes, an unknown ``ratio_impl`` or ``norm_impl``; in forward, for an input
+            sizes, an unknown ``impl``; in forward, for an input
             that is not 4-D, has other than ``num_features`` channels, or is empty.
         TypeError: at construction, for an argument after ``momentum`` passed by
             position; in forward, for an integer or boolean input.
@@ -109,7 +104,7 @@ class ExemplarNorm2d(_MixedNorm):
     # ImageNet-pretrained BatchNorm checkpoints.
     _abbr_ = 'bn'
 
-    _repr_options = ('reduction', 'pi', 'ratio_impl')
+    _repr_options = ('reduction', 'pi')
 
     def __init__(self,
                  num_features: int,
@@ -120,8 +115,7 @@ class ExemplarNorm2d(_MixedNorm):
                  normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
                  reduction: int = 32,
                  pi: int = 50,
-                 ratio_impl: str = 'op',
-                 norm_impl: str = 'fused',
+                 impl: str = 'op',
                  sync_stats: bool = False,
                  process_group: Optional[dist.ProcessGroup] = None,
                  device=None,
@@ -132,10 +126,9 @@ class ExemplarNorm2d(_MixedNorm):
                              f' pi={pi}')
         self.reduction = reduction
         self.pi = pi
-        self.ratio_impl = check_ratio_impl(ratio_impl)
         self.last_ratios: Optional[Tensor] = None
         super().__init__(num_features, eps, momentum, track_running_stats=track_running_stats,
-                         normalizers=normalizers, norm_impl=norm_impl, sync_stats=sync_stats,
+                         normalizers=normalizers, impl=impl, sync_stats=sync_stats,
                          process_group=process_group, device=device, dtype=dtype)
 
     def _build_members(self, device=None, dtype=None) -> None:
@@ -174,9 +167,6 @@ class ExemplarNorm2d(_MixedNorm):
         shift = self.bias.to(rstds.dtype).sum(0) + (gain * (pooled.unsqueeze(1) - means)).sum(1)
         return gain.sum(1), shift
 
-    def _fuses_coefficients(self, x: Tensor) -> bool:
-        return self.ratio_impl == 'op' and super()._fuses_coefficients(x)
-
     def _fused_forward(self, x: Tensor) -> Tensor:
         params = self._in_statistics_dtype(
             x, (self.weight, self.bias, self.ratio_conv.weight, self.ratio_fc1.weight,
@@ -194,7 +184,7 @@ class ExemplarNorm2d(_MixedNorm):
             pooled, means, rstds, self.ratio_conv.weight.to(dtype),
             self.ratio_fc1.weight.to(dtype), self.ratio_fc1.bias.to(dtype),
             self.ratio_fc2.weight.to(dtype), self.ratio_fc2.bias.to(dtype),
-            impl=self.ratio_impl)
+            impl=self.impl)
 
     def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
         k = self.num_normalizers

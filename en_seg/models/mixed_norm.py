@@ -16,34 +16,33 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ..ops.export import is_exporting
-from ..ops.channel_op import (channel_affine_norm, fused_coefficients_available,
-                              fused_kernels_available)
-from .statistics import channel_moments, check_normalizers, merge_moments
+from ..ops import channel_affine_norm, check_impl, use_ops
+from ..ops.reference import merge_moments
 from .sync_statistics import group_batch_moments, group_size
 
-#: How a mixed layer computes its statistics and applies its affine map.
-NORM_IMPLS = ('fused', 'reference')
+#: Normalizers a mixed layer may pool, in the paper's order.
+NORMALIZERS = ('IN', 'LN', 'BN')
 
-_warned_fallback = set()
 _warned_unsynchronized = False
 
 
-def _fused_kernels_for(x: Tensor, layer: str) -> bool:
-    """Whether the fused ops run x; warns once per device type where they would but this
-    build lacks them."""
-    if fused_kernels_available(x):
-        return True
-    device = x.device.type
-    if device in ('cpu', 'cuda') and device not in _warned_fallback:
-        _warned_fallback.add(device)
-        warnings.warn(
-            f'en_seg: the fused normalization ops have no {device} kernel for this input in '
-            'this build of en_seg.ops._C (not built, built before the ops existed, or built '
-            f'without CUDA); {layer} uses the slower pure-PyTorch path. Build them with '
-            '`pip install --no-build-isolation -e .` in the en-seg checkout (with a CUDA '
-            'torch and nvcc on the PATH for CUDA).', stacklevel=4)
-    return False
+def check_normalizers(normalizers: Sequence[str]) -> Tuple[str, ...]:
+    """Validate a normalizer pool and return it as a tuple.
+
+    Raises:
+        ValueError: if the pool is empty, repeats a name, or names an unknown normalizer.
+    """
+    pool = tuple(normalizers)
+    if not pool:
+        raise ValueError(f'normalizers must name at least one of {NORMALIZERS}, got an '
+                         'empty sequence')
+    unknown = [name for name in pool if name not in NORMALIZERS]
+    if unknown:
+        raise ValueError(f'unknown normalizer(s) {unknown} in normalizers={pool}; '
+                         f'choose from {NORMALIZERS}')
+    if len(set(pool)) != len(pool):
+        raise ValueError(f'normalizers={pool} repeats a normalizer; list each once')
+    return pool
 
 
 class _BNMemberMode(_BatchNorm):
@@ -87,10 +86,10 @@ class _MixedNorm(_InstanceNorm):
             ``nn.BatchNorm2d`` does. Default: True.
         normalizers: the pool, a sequence of distinct names from ('IN', 'LN', 'BN').
             Default: ('IN', 'LN', 'BN').
-        norm_impl: ``'fused'``: the compiled ops of :mod:`en_seg.ops.channel_op`, falling
-            back, with one warning, to the reference where the
-            extension is not built; ``'reference'``: plain PyTorch. Both compute the same
-            function. Default: 'fused'.
+        impl: ``'op'``: the compiled ops of :mod:`en_seg.ops` wherever they run the input
+            (:func:`~en_seg.ops.library.use_ops`; where a build lacks them, one warning and
+            the references); ``'reference'``: the pure-PyTorch references of
+            :mod:`en_seg.ops.reference`. Both compute the same function. Default: 'op'.
         sync_stats: in training, compute the BN member's batch statistics over the whole
             batch of ``process_group``, with one differentiable all-reduce of 2C + 1 values
             per forward (docs/method.md#synchronization-across-processes); IN and LN never
@@ -111,11 +110,11 @@ class _MixedNorm(_InstanceNorm):
 
     Raises:
         ValueError: non-positive ``num_features``, ``eps``, a bad ``normalizers`` pool or a
-            ``norm_impl`` not in :data:`NORM_IMPLS`.
+            ``impl`` not in :data:`~en_seg.ops.library.IMPLS`.
     """
 
     #: Attributes that :meth:`extra_repr` shows after ``track_running_stats`` and
-    #: ``normalizers`` and before ``norm_impl`` and ``sync_stats``, in the constructor's
+    #: ``normalizers`` and before ``impl`` and ``sync_stats``, in the constructor's
     #: order.
     _repr_options: Tuple[str, ...] = ()
 
@@ -126,7 +125,7 @@ class _MixedNorm(_InstanceNorm):
                  *,
                  track_running_stats: bool = True,
                  normalizers: Sequence[str] = ('IN', 'LN', 'BN'),
-                 norm_impl: str = 'fused',
+                 impl: str = 'op',
                  sync_stats: bool = False,
                  process_group: Optional[dist.ProcessGroup] = None,
                  device=None,
@@ -145,9 +144,7 @@ class _MixedNorm(_InstanceNorm):
         self.affine = True
         self.track_running_stats = track_running_stats
         self.normalizers = check_normalizers(normalizers)
-        if norm_impl not in NORM_IMPLS:
-            raise ValueError(f'norm_impl must be one of {NORM_IMPLS}, got {norm_impl!r}')
-        self.norm_impl = norm_impl
+        self.impl = check_impl(impl)
         self.sync_stats = bool(sync_stats)
         self.process_group = process_group
         shape = self._affine_shape()
@@ -178,7 +175,7 @@ class _MixedNorm(_InstanceNorm):
 
     def extra_repr(self) -> str:
         options = (('track_running_stats', 'normalizers') + self._repr_options
-                   + ('norm_impl', 'sync_stats'))
+                   + ('impl', 'sync_stats'))
         return ', '.join([f'{self.num_features}', f'eps={self.eps}',
                           f'momentum={self.momentum}']
                          + [f'{name}={getattr(self, name)!r}' for name in options])
@@ -272,34 +269,26 @@ class _MixedNorm(_InstanceNorm):
         coefficients in float32 (float64 for a float64 input), also under autocast; y in
         x's dtype."""
         self._check_input(x)
+        if self._fuses_coefficients(x):
+            # Compiled ops only, which autocast leaves alone.
+            return self._fused_forward(x)
         count = x.shape[0] * x.shape[2] * x.shape[3]
 
         def coefficients(pooled: Tensor, var: Tensor) -> Tuple[Tensor, Tensor]:
             return self._affine_coefficients(pooled, var, count)
 
-        fused = self.norm_impl == 'fused' and _fused_kernels_for(x, type(self).__name__)
-        if fused and self._fuses_coefficients(x):
-            # Compiled ops only, which autocast leaves alone.
-            return self._fused_forward(x)
-        with torch.autocast(x.device.type, enabled=False):
-            if fused:
-                return channel_affine_norm(x, coefficients)
-            pooled, var = channel_moments(
-                x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
-            scale, shift = coefficients(pooled, var)
-            y = torch.addcmul((shift - scale * pooled)[:, :, None, None], x,
-                              scale[:, :, None, None])
-        return y.to(x.dtype)
+        return channel_affine_norm(x, coefficients, impl=self.impl)
 
     def _fuses_coefficients(self, x: Tensor) -> bool:
         """Whether this forward takes its coefficients from one compiled op
-        (:meth:`_fused_forward`) rather than from :meth:`_affine_coefficients`: not where
-        this forward :meth:`_synchronizes` (the all-reduce sits between the moments and the
-        coefficients), not while exporting, and only where the op has a kernel for x's
-        statistics and the BN member's running statistics share their dtype."""
-        if self.sync_stats and 'BN' in self.normalizers and self._synchronizes():
+        (:meth:`_fused_forward`) rather than from :meth:`_affine_coefficients`: where the
+        ops run x (:func:`~en_seg.ops.library.use_ops`), but not where this forward
+        :meth:`_synchronizes` (the all-reduce sits between the moments and the
+        coefficients), and only where the BN member's running statistics are in the
+        statistics' dtype."""
+        if not use_ops(self.impl, x):
             return False
-        if is_exporting() or not fused_coefficients_available(x):
+        if self.sync_stats and 'BN' in self.normalizers and self._synchronizes():
             return False
         stats = torch.float64 if x.dtype == torch.float64 else torch.float32
         return ('BN' not in self.normalizers or self.running_mean is None

@@ -4,7 +4,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..ops.coefficient_op import normalizer_codes, switchable_norm
+from ..ops import normalizer_codes, switchable_norm
 from .mixed_norm import _MixedNorm
 
 
@@ -30,8 +30,8 @@ class SwitchableNorm2d(_MixedNorm):
         track_running_stats: keep running statistics for evaluation. Default: True.
         normalizers: the pool of K distinct names from ('IN', 'LN', 'BN').
             Default: ('IN', 'LN', 'BN').
-        norm_impl: ``'fused'`` (compiled ops, the default) or ``'reference'`` (plain
-            PyTorch) statistics and apply, as for :class:`ExemplarNorm2d`.
+        impl: ``'op'`` (compiled ops, the default) or ``'reference'`` (plain PyTorch), as
+            for :class:`ExemplarNorm2d`.
         sync_stats, process_group: in training, the BN member's batch statistics are
             those of the whole batch of ``process_group`` (None: the default group), as
             for :class:`ExemplarNorm2d` (docs/method.md#synchronization-across-processes).
@@ -59,7 +59,7 @@ class SwitchableNorm2d(_MixedNorm):
         >>> layer  # doctest: +NORMALIZE_WHITESPACE
         SwitchableNorm2d(
           16, eps=1e-05, momentum=0.1, track_running_stats=True,
-          normalizers=('IN', 'LN', 'BN'), norm_impl='fused', sync_stats=False
+          normalizers=('IN', 'LN', 'BN'), impl='op', sync_stats=False
           (bn_member_mode): _BNMemberMode()
         )
         >>> layer(torch.randn(2, 16, 4, 4)).shape

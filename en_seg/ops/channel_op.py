@@ -1,4 +1,4 @@
-"""Fused statistics and affine apply of the mixed normalization layers (EN, SN).
+"""The channel ops: the per-(n, c) passes over X of the mixed normalization layers (EN, SN).
 
 docs/method.md#statistics and #output (paper Sec. 3.1-3.3, Eq. 3). A mixed layer's output is
 an affine map of X per (n, c), ``y = scale * (x - mean) + shift``, whose (N, C)
@@ -16,62 +16,24 @@ into IN / LN / BN statistics, the ratio branch, γ and β). Five compiled ops
   gradients that reach its moments.
 
 This module registers their fake kernels and the autograd formulas of the moments and the
-affine map (so that each is a differentiable op that ``torch.compile`` traces), says where
-the fused ops and the coefficient ops (:mod:`en_seg.ops.coefficient_op`, which chains them
-into a layer with one backward pass over X) have kernels, and gives
-:func:`channel_affine_norm`, a layer from a coefficient function written in PyTorch.
+affine map (so that each is a differentiable op that ``torch.compile`` traces), and gives
+:func:`channel_affine_norm`, a layer from a coefficient function written in PyTorch; the
+coefficient ops (:mod:`.coefficient_op`) chain these ops into a layer with one backward
+pass over X.
 """
 from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
 
-from ..models.statistics import channel_moments
-from .export import is_exporting
-
-try:
-    from . import _C  # noqa: F401  (loading the library registers torch.ops.en_seg.*)
-except ImportError:
-    _LOADED = False
-else:
-    # An extension built before these ops existed loads but lacks them.
-    _LOADED = hasattr(torch.ops.en_seg, 'channel_moments')
+from . import reference
+from .library import EXTENSION_AVAILABLE, use_ops
 
 #: The coefficient function of :func:`channel_affine_norm`: (mean, var) -> (scale, shift).
 Coefficients = Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]]
 
 
-def _devices_with_kernels(op: str) -> frozenset:
-    return frozenset(device for device in ('cpu', 'cuda')
-                     if _LOADED and hasattr(torch.ops.en_seg, op.split('::')[1])
-                     and torch._C._dispatch_has_kernel_for_dispatch_key(op, device.upper()))
-
-
-_DEVICES_WITH_KERNELS = _devices_with_kernels('en_seg::channel_moments')
-# The coefficient ops (en_seg.ops.coefficient_op) and channel_norm_input_grad came later:
-# an extension built before them has the other fused ops only. Their CPU kernels take
-# float32 and float64 statistics, the CUDA ones float32.
-_COEFFICIENT_DTYPES = {
-    device: (torch.float32, torch.float64) if device == 'cpu' else (torch.float32,)
-    for device in _devices_with_kernels('en_seg::exemplar_coefficients')
-    & _devices_with_kernels('en_seg::channel_norm_input_grad')}
-
-
-def fused_kernels_available(x: Tensor) -> bool:
-    """Whether the fused ops have a kernel for ``x``'s device (extension built, with CUDA
-    kernels for a CUDA tensor) and dtype (float16, bfloat16, float32 or float64)."""
-    return (x.device.type in _DEVICES_WITH_KERNELS
-            and x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64))
-
-
-def fused_coefficients_available(x: Tensor) -> bool:
-    """Whether the coefficient ops have a kernel for the statistics of ``x`` (float64 for a
-    float64 x, else float32) on its device: CPU float32 and float64, CUDA float32."""
-    stats = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return stats in _COEFFICIENT_DTYPES.get(x.device.type, ())
-
-
-def channel_affine_norm(x: Tensor, coefficients: Coefficients) -> Tensor:
+def channel_affine_norm(x: Tensor, coefficients: Coefficients, impl: str = 'op') -> Tensor:
     """Normalize x by an affine map per (n, c) computed from its per-(n, c) moments.
 
     ``mean, var = channel_moments(x)``; ``scale, shift = coefficients(mean, var)``;
@@ -82,39 +44,35 @@ def channel_affine_norm(x: Tensor, coefficients: Coefficients) -> Tensor:
     uses, by the ops' own autograd formulas: the backward makes a reduction pass and three
     elementwise passes over X (the affine map's dX, the moments' and their sum), where
     :mod:`en_seg.ops.coefficient_op` makes one of each. Saved for backward: X and (N, C)
-    tensors only. First-order only. While exporting (:func:`~en_seg.ops.export.is_exporting`)
-    plain PyTorch ops stand in for the compiled ones.
+    tensors only. First-order only. Runs with autocast disabled.
 
     Args:
-        x: (N, C, H, W) float16, bfloat16, float32 or float64 on a device for which
-            :func:`fused_kernels_available`; contiguous or channels_last (other strides are
-            copied first).
+        x: (N, C, H, W) float16, bfloat16, float32 or float64; contiguous or channels_last
+            (the ops copy other strides first).
         coefficients: maps mean, var ((N, C), float32, float64 for a float64 x; var is the
             biased variance) to scale and shift ((N, C), same dtype). Called once per call.
+        impl: ``'op'``: the compiled ops where they run x
+            (:func:`~en_seg.ops.library.use_ops`), else
+            :func:`~en_seg.ops.reference.channel_affine_norm`; ``'reference'``: the latter.
+            Default: 'op'.
 
     Returns:
         y shaped like x, in x's dtype and memory format.
 
     Raises:
+        ValueError: for an ``impl`` not in :data:`~en_seg.ops.library.IMPLS`.
         RuntimeError: from the ops, for an x that is not 4-D or has H * W = 0, or for
             coefficients of another shape, dtype or device.
+
+    Warns:
+        UserWarning: as :func:`~en_seg.ops.library.use_ops`.
     """
-    if is_exporting():
-        return _composed_affine_norm(x, coefficients)
-    mean, var = torch.ops.en_seg.channel_moments(x)
-    scale, shift = coefficients(mean, var)
-    return torch.ops.en_seg.channel_affine(x, mean, scale, shift)
-
-
-def _composed_affine_norm(x: Tensor, coefficients: Coefficients) -> Tensor:
-    """:func:`channel_affine_norm` in plain PyTorch ops, which every exporter translates:
-    the moments by :func:`~en_seg.models.statistics.channel_moments`, the same statistics
-    dtype as the ops'."""
-    stats = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-    mean, var = channel_moments(stats)
-    scale, shift = coefficients(mean, var)
-    y = torch.addcmul((shift - scale * mean)[:, :, None, None], stats, scale[:, :, None, None])
-    return y.to(x.dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        if not use_ops(impl, x):
+            return reference.channel_affine_norm(x, coefficients)
+        mean, var = torch.ops.en_seg.channel_moments(x)
+        scale, shift = coefficients(mean, var)
+        return torch.ops.en_seg.channel_affine(x, mean, scale, shift)
 
 
 def _stats_like(x: Tensor) -> Tensor:
@@ -129,16 +87,20 @@ def _check_fake_input(op: str, x: Tensor) -> None:
                  lambda: f'{op}: expects a 4-D (N, C, H, W) input, got shape {tuple(x.shape)}')
 
 
-def _activation_like(x: Tensor) -> Tensor:
-    """An empty tensor like x in the layout the kernels write (channels_last or
-    contiguous)."""
+def _layout(x: Tensor) -> torch.memory_format:
+    """The layout the kernels read and write x in: channels_last where only that describes
+    its memory, else contiguous (csrc/channel_op.cpp, check_activation)."""
     channels_last = (not x.is_contiguous()
                      and x.is_contiguous(memory_format=torch.channels_last))
-    return torch.empty_like(x, memory_format=torch.channels_last if channels_last
-                            else torch.contiguous_format)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
-if _LOADED:
+def _activation_like(x: Tensor) -> Tensor:
+    """An empty tensor like x in the layout the kernels write."""
+    return torch.empty_like(x, memory_format=_layout(x))
+
+
+if EXTENSION_AVAILABLE:
 
     @torch.library.register_fake('en_seg::channel_moments')
     def _channel_moments_fake(x):
@@ -160,12 +122,10 @@ if _LOADED:
         _check_fake_input('en_seg::channel_affine_input_grad', x)
         return _activation_like(x)
 
-    if _COEFFICIENT_DTYPES:
-
-        @torch.library.register_fake('en_seg::channel_norm_input_grad')
-        def _channel_norm_input_grad_fake(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var):
-            _check_fake_input('en_seg::channel_norm_input_grad', x)
-            return _activation_like(x)
+    @torch.library.register_fake('en_seg::channel_norm_input_grad')
+    def _channel_norm_input_grad_fake(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var):
+        _check_fake_input('en_seg::channel_norm_input_grad', x)
+        return _activation_like(x)
 
     def _moments_setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], output[0])
@@ -189,6 +149,8 @@ if _LOADED:
 
     def _affine_backward(ctx, grad_y):
         x, center, scale = ctx.saved_tensors
+        # Both passes read grad_y in x's layout: copied here at most once, not by each op.
+        grad_y = grad_y.contiguous(memory_format=_layout(x))
         sum_dy, sum_dy_xc = torch.ops.en_seg.channel_affine_grad_sums(grad_y, x, center)
         grad_x = None
         if ctx.needs_input_grad[0]:

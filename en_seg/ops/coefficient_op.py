@@ -29,7 +29,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .channel_op import _COEFFICIENT_DTYPES, _activation_like
+from .channel_op import _activation_like
+from .library import EXTENSION_AVAILABLE
 
 #: The ops' codes of the pool's normalizers (their ``normalizers`` argument).
 NORMALIZER_CODES = {'IN': 0, 'LN': 1, 'BN': 2}
@@ -51,8 +52,8 @@ def exemplar_norm(x: Tensor, weight: Tensor, bias: Tensor, conv_w: Tensor, fc1_w
     """Exemplar Normalization of x (paper Eq. 3) by the compiled ops.
 
     Args:
-        x: (N, C, H, W) float16, bfloat16, float32 or float64, on a device where
-            :func:`~en_seg.ops.channel_op.fused_coefficients_available`.
+        x: (N, C, H, W) float16, bfloat16, float32 or float64, where the ops run it
+            (:func:`~en_seg.ops.library.available`).
         weight, bias: γ and β, (K, C); conv_w (C / r, r, 1), fc1_w (P, K²), fc1_b (P,),
             fc2_w (K, P), fc2_b (K,): the ratio branch. All in the statistics' dtype
             (float64 for a float64 x, else float32).
@@ -136,7 +137,7 @@ def _exemplar_saved_values(n: int, c: int, k: int, conv_w: Tensor, fc1_w: Tensor
     return n * (k + k * k + fc1_w.shape[0] + k * conv_w.shape[0] + 2 * k * c)
 
 
-if _COEFFICIENT_DTYPES:
+if EXTENSION_AVAILABLE:
     # The overloads the layer functions call: one attribute lookup less per call.
     _MOMENTS = torch.ops.en_seg.channel_moments.default
     _AFFINE = torch.ops.en_seg.channel_affine.default

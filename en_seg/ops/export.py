@@ -1,13 +1,13 @@
 """Whether an exporter is tracing the model, so that no compiled op reaches its graph.
 
 No ONNX runtime knows an ``en_seg::*`` operator, and neither of torch's ONNX exporters
-translates one. While an exporter traces, the two places that dispatch to the compiled ops,
-:func:`~en_seg.ops.channel_op.channel_affine_norm` and
-:func:`~en_seg.ops.ratio_op.exemplar_ratios`, compute the same function with plain PyTorch
-ops (the references of :mod:`en_seg.models`), which every exporter translates: statistics
-and ratio branch become ordinary nodes of the graph, for any caller of the layers. The same
-holds for ``torch.export``, on which the dynamo exporter rests: its programs hold no
-``en_seg`` op and run without en-seg. ``torch.compile`` keeps the compiled ops.
+translates one. While an exporter traces, the ops' one availability rule
+(:func:`~en_seg.ops.library.available`) says no, and the layers compute the same function
+with the plain PyTorch ops of :mod:`en_seg.ops.reference`, which every exporter translates:
+statistics and ratio branch become ordinary nodes of the graph, for any caller of the
+layers. The same holds for ``torch.export``, on which the dynamo exporter rests: its
+programs hold no ``en_seg`` op and run without en-seg. ``torch.compile`` keeps the compiled
+ops.
 """
 import torch
 

@@ -26,9 +26,8 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(en_seg, m) {
-  // Tells a user of torch.ops.en_seg.* without the fake kernels which Python module
-  // registers them.
-  m.set_python_module("en_seg.ops");
+  // Tells a user of these ops without their fake kernels which Python module registers them.
+  m.set_python_module("en_seg.ops.ratio_op");
   // docs/method.md#ratio-branch, steps 2-6: ratios λ (N, K) from pooled (N, C), means and
   // rstds (N, K, C), conv_w (C / r, r, 1), fc1_w (P, K * K), fc1_b (P), fc2_w (K, P),
   // fc2_b (K). Also returns activations (N, K + K * K + P + K * C / r + K * C), not
@@ -56,7 +55,7 @@ TORCH_LIBRARY(en_seg, m) {
 // statistics given (BN in the pool), they are updated in place like nn.BatchNorm2d's, with
 // `momentum` (None: the cumulative average) and count = N * H * W values per channel.
 TORCH_LIBRARY_FRAGMENT(en_seg, m) {
-  m.set_python_module("en_seg.ops");
+  m.set_python_module("en_seg.ops.coefficient_op");
   // EN: scale, shift (N, C) of y = scale * (x - mean) + shift (paper Eq. 3), the ratios λ
   // (N, K), and saved, what the backward needs (not differentiable).
   m.def(

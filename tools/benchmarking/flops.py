@@ -1,0 +1,53 @@
+"""FLOPs of a segmentor's inference on one image, by mmengine's ``FlopAnalyzer`` (a
+multiply-add is one FLOP), with handles for the en_seg ops (:data:`FLOP_HANDLES`).
+"""
+from math import prod
+
+import torch
+from torch import nn
+
+
+def gflops(model: nn.Module, size: int, device: str) -> float:
+    """GFLOPs of ``model`` (an mmseg segmentor) on one ``size`` × ``size`` image in
+    inference; leaves the model in eval mode."""
+    from mmengine.analysis import FlopAnalyzer
+
+    model.eval()
+    with torch.no_grad():
+        analyzer = FlopAnalyzer(model, (torch.randn(1, 3, size, size, device=device),))
+        analyzer.set_op_handle(**FLOP_HANDLES)
+        analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return analyzer.total() / 1e9
+
+
+def _shape(value):
+    from mmengine.analysis.jit_handles import get_shape
+    return get_shape(value)
+
+
+def _ratio_branch_flops(inputs, outputs) -> int:
+    # pooled (N, C), means (N, K, C), ..., fc1_w (P, K²), ..., fc2_w (K, P): the grouped
+    # convolution (K·C), the Gram matrix (K²·C/r, ignored: r = 32), fc1 (P·K²), fc2 (K·P).
+    n, k, c = _shape(inputs[1])
+    hidden = _shape(inputs[4])[0]
+    return n * (k * c + hidden * k * k + k * hidden)
+
+
+def _exemplar_coefficients_flops(inputs, outputs) -> int:
+    # mean (N, C), var, weight (K, C), bias, conv_w, fc1_w (P, K²), ...: the ratio branch as
+    # above, and K multiply-adds per (n, c) for each of scale and shift.
+    n, c = _shape(inputs[0])
+    k = _shape(inputs[2])[0]
+    hidden = _shape(inputs[5])[0]
+    return n * (k * c + hidden * k * k + k * hidden) + 2 * n * k * c
+
+
+#: FLOPs of the en_seg ops in mmengine's convention for norms (``aten::batch_norm``: 5 per
+#: element in training, 2 in inference for the affine map): 3 per element for the moments
+#: (sum, deviation, square), 2 for the affine map.
+FLOP_HANDLES = {
+    'en_seg::channel_moments': lambda inputs, outputs: 3 * prod(_shape(inputs[0])),
+    'en_seg::channel_affine': lambda inputs, outputs: 2 * prod(_shape(inputs[0])),
+    'en_seg::exemplar_ratios': _ratio_branch_flops,
+    'en_seg::exemplar_coefficients': _exemplar_coefficients_flops,
+}
