@@ -1,0 +1,45 @@
+"""tools/benchmark.py and its package tools/benchmarking: one real run of the ``layer``
+benchmark at a tiny size, whose table carries EN's ratios to GN and BN from that run, and
+the rewrite of one section of a results file."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from en_seg.ops import EXTENSION_AVAILABLE
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not EXTENSION_AVAILABLE,
+                                reason='the benchmark measures the compiled ops')
+
+
+def test_layer_benchmark_prints_ratios_from_one_run_and_rewrites_its_section(tmp_path):
+    doc = tmp_path / 'results.md'
+    doc.write_text('# Results\n\nkept above\n\n<!-- layer-cpu:begin -->\nold table\n'
+                   '<!-- layer-cpu:end -->\n\nkept below\n')
+    command = [sys.executable, 'tools/benchmark.py', 'layer', '--device', 'cpu', '--threads',
+               '1', '--repeats', '1', '--min-run-time', '0.01', '--shapes', '2,64,4,4',
+               '--variants', 'BN', 'GN(32)', 'EN', '--doc', str(doc)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, 'KINETO_LOG_LEVEL': '5'})
+    assert result.returncode == 0, result.stderr
+    summary = re.search(r'^\| 1 \| \(2, 64, 4, 4\) \| float32, nchw \| ([\d.]+) \| ([\d.]+) '
+                        r'\| ([\d.]+) \|', result.stdout, re.MULTILINE)
+    assert summary, result.stdout
+    assert all(float(ratio) > 0 for ratio in summary.groups())
+    for layer in ('BN', 'GN(32)', 'EN'):
+        assert re.search(rf'^\| 1 \| \(2, 64, 4, 4\) \| float32, nchw \| {re.escape(layer)} \|',
+                         result.stdout, re.MULTILINE), layer
+    text = doc.read_text()
+    assert 'old table' not in text and summary.group(0) in text
+    assert text.startswith('# Results\n\nkept above\n') and text.rstrip().endswith('kept below')
+
+
+def test_layer_benchmark_refuses_a_bad_shape_naming_the_form():
+    result = subprocess.run([sys.executable, 'tools/benchmark.py', 'layer', '--shapes', '2,64'],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and 'N,C,H,W' in result.stderr, result.stderr
