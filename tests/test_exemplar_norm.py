@@ -285,3 +285,11 @@ def test_docstring_examples_run(cls):
         runner.run(test)
     results = runner.summarize(verbose=False)
     assert results.attempted > 0 and results.failed == 0
+
+
+@pytest.mark.parametrize('cls', [ExemplarNorm2d, SwitchableNorm2d])
+def test_a_pool_without_bn_has_no_bn_member_mode_and_follows_the_layer(cls):
+    layer = cls(8, normalizers=('IN', 'LN'), sync_stats=True)
+    assert not hasattr(layer, 'bn_member_mode')
+    assert layer._bn_member_training() and not layer.eval()._bn_member_training()
+    assert layer.train()._synchronizes() is False  # no process group: nothing to reduce

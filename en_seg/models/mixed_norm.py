@@ -205,7 +205,10 @@ class _MixedNorm(_InstanceNorm):
 
     def _bn_member_training(self) -> bool:
         """The BN member's mode: that of ``bn_member_mode``, which follows the layer's
-        ``train()`` / ``eval()`` and which ``norm_eval`` freezes alone."""
+        ``train()`` / ``eval()`` and which ``norm_eval`` freezes alone; the layer's own for
+        a pool without BN."""
+        if 'BN' not in self.normalizers:
+            return self.training
         return self.bn_member_mode.training
 
     def _uses_batch_bn_stats(self) -> bool:
