@@ -19,7 +19,7 @@
 // The autograd kernels are C++ (this file) rather than torch.library.register_autograd:
 // that refuses ops that mutate an input (the running statistics), and its Python wrapper
 // costs more per call than a whole small layer's arithmetic. Kernels:
-// coefficient_op_cpu.cpp, cuda/coefficients_*.
+// coefficient_op_cpu.cpp, cuda/coefficient_op_*.
 #include "coefficient_op.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -31,6 +31,7 @@
 
 #include <initializer_list>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "ratio_op.h"
@@ -125,12 +126,13 @@ void check_saved(const char* op, const at::Tensor& saved, int64_t total) {
 }  // namespace
 
 ExemplarArgs check_exemplar_args(
-    const char* op, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& conv_w, const at::Tensor& fc1_w,
     const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
     const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
     bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
+  const char* op = "en_seg::exemplar_coefficients";
   StatisticsArgs stats =
       check_statistics_args(op, mean, var, running_mean, running_var, num_batches_tracked,
                             normalizers, batch_stats, momentum, eps, count);
@@ -148,8 +150,7 @@ ExemplarArgs check_exemplar_args(
           sizes};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_exemplar_outputs(
-    const ExemplarArgs& args) {
+ExemplarOutputs empty_exemplar_outputs(const ExemplarArgs& args) {
   const ratio::Sizes& s = args.sizes;
   const auto options = args.stats.mean.options();
   return {at::empty({s.n, s.c}, options), at::empty({s.n, s.c}, options),
@@ -158,10 +159,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_exemplar_output
 }
 
 ExemplarBackwardArgs check_exemplar_backward_args(
-    const char* op, const at::Tensor& grad_scale, const at::Tensor& grad_shift,
-    const at::Tensor& saved, const at::Tensor& weight, const at::Tensor& conv_w,
-    const at::Tensor& fc1_w, const at::Tensor& fc2_w, c10::IntArrayRef normalizers,
-    bool batch_stats) {
+    const at::Tensor& grad_scale, const at::Tensor& grad_shift, const at::Tensor& saved,
+    const at::Tensor& weight, const at::Tensor& conv_w, const at::Tensor& fc1_w,
+    const at::Tensor& fc2_w, c10::IntArrayRef normalizers, bool batch_stats) {
+  const char* op = "en_seg::exemplar_coefficients_backward";
   check_grads(op, grad_scale, grad_shift);
   check_like(op, "grad_scale", grad_scale,
              {{"grad_shift", &grad_shift}, {"saved", &saved}, {"weight", &weight},
@@ -188,11 +189,12 @@ ExemplarGradTensors empty_exemplar_grads(const ExemplarBackwardArgs& args) {
 }
 
 SwitchableArgs check_switchable_args(
-    const char* op, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
     const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
     bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
+  const char* op = "en_seg::switchable_coefficients";
   StatisticsArgs stats =
       check_statistics_args(op, mean, var, running_mean, running_var, num_batches_tracked,
                             normalizers, batch_stats, momentum, eps, count);
@@ -207,8 +209,7 @@ SwitchableArgs check_switchable_args(
           var_weight.contiguous()};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_switchable_outputs(
-    const SwitchableArgs& args) {
+SwitchableOutputs empty_switchable_outputs(const SwitchableArgs& args) {
   const StatisticsArgs& s = args.stats;
   const auto options = s.mean.options();
   return {at::empty({s.n, s.c}, options), at::empty({s.n, s.c}, options),
@@ -216,9 +217,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_switchable_outputs(
 }
 
 SwitchableBackwardArgs check_switchable_backward_args(
-    const char* op, const at::Tensor& grad_scale, const at::Tensor& grad_shift,
-    const at::Tensor& saved, const at::Tensor& weight, c10::IntArrayRef normalizers,
-    bool batch_stats) {
+    const at::Tensor& grad_scale, const at::Tensor& grad_shift, const at::Tensor& saved,
+    const at::Tensor& weight, c10::IntArrayRef normalizers, bool batch_stats) {
+  const char* op = "en_seg::switchable_coefficients_backward";
   check_grads(op, grad_scale, grad_shift);
   check_like(op, "grad_scale", grad_scale,
              {{"grad_shift", &grad_shift}, {"saved", &saved}, {"weight", &weight}});
@@ -277,11 +278,10 @@ using Optional = std::optional<at::Tensor>;
 
 // The coefficient ops take no part in autograd: a call that would need their gradient is
 // refused, so that the error names the op that does carry it.
-void refuse_gradient(const char* op, const char* apply_op,
-                     std::initializer_list<const at::Tensor*> inputs) {
-  if (!at::GradMode::is_enabled()) return;
-  for (const at::Tensor* t : inputs) {
-    TORCH_CHECK(!t->requires_grad(), op,
+template <typename T>
+void refuse_gradient(const char* op, const char* apply_op, const T& arg) {
+  if constexpr (std::is_same_v<T, at::Tensor>) {
+    TORCH_CHECK(!arg.requires_grad(), op,
                 " is not differentiable: call it with gradients disabled (torch.no_grad()); "
                 "a layer's gradient flows through ", apply_op, ", whose backward runs ", op,
                 "_backward");
@@ -290,56 +290,34 @@ void refuse_gradient(const char* op, const char* apply_op,
 
 // Running statistics updated in place: their version counters move, as for any in-place op,
 // so that autograd notices a saved copy being overwritten.
-void bump_versions(const Optional& running_mean, const Optional& running_var,
-                   const Optional& num_batches_tracked) {
-  for (const Optional* t : {&running_mean, &running_var, &num_batches_tracked}) {
-    if (t->has_value()) torch::autograd::impl::bump_version(**t);
+template <typename T>
+void bump_version(const T& arg) {
+  if constexpr (std::is_same_v<T, Optional>) {
+    if (arg.has_value()) torch::autograd::impl::bump_version(*arg);
   }
 }
 
-using ExemplarOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// The Autograd kernel of coefficient op `op` (signature Outputs(Params...)): refuses every
+// tensor argument that requires grad, moves the versions of the optional ones (the running
+// statistics), and runs the op below autograd.
+template <const char* op, const char* apply_op, typename Signature>
+struct CoefficientsAutograd;
 
-ExemplarOutputs exemplar_coefficients_autograd(
-    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& conv_w, const at::Tensor& fc1_w,
-    const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
-    const Optional& running_mean, const Optional& running_var,
-    const Optional& num_batches_tracked, c10::IntArrayRef normalizers, bool batch_stats,
-    std::optional<double> momentum, double eps, int64_t count) {
-  refuse_gradient("en_seg::exemplar_coefficients", "en_seg::exemplar_norm_apply",
-                  {&mean, &var, &weight, &bias, &conv_w, &fc1_w, &fc1_b, &fc2_w, &fc2_b});
-  bump_versions(running_mean, running_var, num_batches_tracked);
-  static const auto op = op_handle<ExemplarOutputs(
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-      const at::Tensor&, const Optional&, const Optional&, const Optional&, c10::IntArrayRef,
-      bool, std::optional<double>, double, int64_t)>("en_seg::exemplar_coefficients");
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b, running_mean,
-                 running_var, num_batches_tracked, normalizers, batch_stats, momentum, eps,
-                 count);
-}
+template <const char* op, const char* apply_op, typename Outputs, typename... Params>
+struct CoefficientsAutograd<op, apply_op, Outputs(Params...)> {
+  static Outputs run(Params... params) {
+    if (at::GradMode::is_enabled()) (refuse_gradient(op, apply_op, params), ...);
+    (bump_version(params), ...);
+    static const auto handle = op_handle<Outputs(Params...)>(op);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return handle.call(params...);
+  }
+};
 
-using SwitchableOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-
-SwitchableOutputs switchable_coefficients_autograd(
-    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
-    const Optional& running_mean, const Optional& running_var,
-    const Optional& num_batches_tracked, c10::IntArrayRef normalizers, bool batch_stats,
-    std::optional<double> momentum, double eps, int64_t count) {
-  refuse_gradient("en_seg::switchable_coefficients", "en_seg::switchable_norm_apply",
-                  {&mean, &var, &weight, &bias, &mean_weight, &var_weight});
-  bump_versions(running_mean, running_var, num_batches_tracked);
-  static const auto op = op_handle<SwitchableOutputs(
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-      const at::Tensor&, const at::Tensor&, const Optional&, const Optional&, const Optional&,
-      c10::IntArrayRef, bool, std::optional<double>, double, int64_t)>(
-      "en_seg::switchable_coefficients");
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(mean, var, weight, bias, mean_weight, var_weight, running_mean, running_var,
-                 num_batches_tracked, normalizers, batch_stats, momentum, eps, count);
-}
+constexpr char kExemplarCoefficients[] = "en_seg::exemplar_coefficients";
+constexpr char kExemplarNormApply[] = "en_seg::exemplar_norm_apply";
+constexpr char kSwitchableCoefficients[] = "en_seg::switchable_coefficients";
+constexpr char kSwitchableNormApply[] = "en_seg::switchable_norm_apply";
 
 // The statistics and coefficients an apply op is given are the outputs of ops called with
 // gradients disabled; one that requires grad did not come from them.
@@ -432,10 +410,9 @@ class ExemplarNormApply : public torch::autograd::Function<ExemplarNormApply> {
     if (!grad_y.defined()) return out;
     const LayerBackward layer(ctx, grad_y);
     const variable_list& s = layer.saved;
-    static const auto backward_op = op_handle<ExemplarGradTensors(
-        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-        const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::IntArrayRef, bool)>(
-        "en_seg::exemplar_coefficients_backward");
+    static const auto backward_op =
+        op_handle<detail::OpSignature<ExemplarGradTensors, check_exemplar_backward_args>>(
+            "en_seg::exemplar_coefficients_backward");
     auto [grad_mean, grad_var, grad_weight, grad_bias, grad_conv_w, grad_fc1_w, grad_fc1_b,
           grad_fc2_w, grad_fc2_b] =
         backward_op.call(layer.sum_dy_xc, layer.sum_dy, s[3], s[4], s[5], s[6], s[7],
@@ -475,9 +452,9 @@ class SwitchableNormApply : public torch::autograd::Function<SwitchableNormApply
     if (!grad_y.defined()) return out;
     const LayerBackward layer(ctx, grad_y);
     const variable_list& s = layer.saved;
-    static const auto backward_op = op_handle<SwitchableGradTensors(
-        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-        c10::IntArrayRef, bool)>("en_seg::switchable_coefficients_backward");
+    static const auto backward_op =
+        op_handle<detail::OpSignature<SwitchableGradTensors, check_switchable_backward_args>>(
+            "en_seg::switchable_coefficients_backward");
     auto [grad_mean, grad_var, grad_weight, grad_bias, grad_mean_weight, grad_var_weight] =
         backward_op.call(layer.sum_dy_xc, layer.sum_dy, s[3], s[4], layer.normalizers,
                          layer.batch_stats);
@@ -512,8 +489,13 @@ at::Tensor switchable_norm_apply_autograd(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(en_seg, Autograd, m) {
-  m.impl("exemplar_coefficients", &exemplar_coefficients_autograd);
-  m.impl("switchable_coefficients", &switchable_coefficients_autograd);
+  using detail::OpSignature;
+  m.impl("exemplar_coefficients",
+         &CoefficientsAutograd<kExemplarCoefficients, kExemplarNormApply,
+                               OpSignature<ExemplarOutputs, check_exemplar_args>>::run);
+  m.impl("switchable_coefficients",
+         &CoefficientsAutograd<kSwitchableCoefficients, kSwitchableNormApply,
+                               OpSignature<SwitchableOutputs, check_switchable_args>>::run);
   m.impl("exemplar_norm_apply", &exemplar_norm_apply_autograd);
   m.impl("switchable_norm_apply", &switchable_norm_apply_autograd);
 }

@@ -1,10 +1,12 @@
-// Argument checking, output allocation and the saved values' layouts shared by the CPU and
-// CUDA implementations of the coefficient ops en_seg::exemplar_coefficients,
-// switchable_coefficients, their backward ops, and the apply ops exemplar_norm_apply and
-// switchable_norm_apply (schemas in module.cpp, their math in coefficient_op.cpp).
+// Argument checking, output allocation, the saved values' layouts and the entry points
+// shared by the CPU and CUDA implementations of the coefficient ops
+// en_seg::exemplar_coefficients, switchable_coefficients, their backward ops, and the apply
+// ops exemplar_norm_apply and switchable_norm_apply (schemas in module.cpp, their math in
+// coefficient_op.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
@@ -40,7 +42,7 @@ struct ExemplarArgs {
 };
 
 ExemplarArgs check_exemplar_args(
-    const char* op, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& conv_w, const at::Tensor& fc1_w,
     const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
@@ -48,8 +50,8 @@ ExemplarArgs check_exemplar_args(
     bool batch_stats, std::optional<double> momentum, double eps, int64_t count);
 
 // scale, shift (N, C), ratios (N, K), saved (ExemplarSavedLayout::total,), uninitialised.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_exemplar_outputs(
-    const ExemplarArgs& args);
+using ExemplarOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+ExemplarOutputs empty_exemplar_outputs(const ExemplarArgs& args);
 
 struct ExemplarBackwardArgs {
   at::Tensor grad_scale, grad_shift, saved, weight, conv_w, fc1_w, fc2_w;  // contiguous
@@ -59,10 +61,9 @@ struct ExemplarBackwardArgs {
 };
 
 ExemplarBackwardArgs check_exemplar_backward_args(
-    const char* op, const at::Tensor& grad_scale, const at::Tensor& grad_shift,
-    const at::Tensor& saved, const at::Tensor& weight, const at::Tensor& conv_w,
-    const at::Tensor& fc1_w, const at::Tensor& fc2_w, c10::IntArrayRef normalizers,
-    bool batch_stats);
+    const at::Tensor& grad_scale, const at::Tensor& grad_shift, const at::Tensor& saved,
+    const at::Tensor& weight, const at::Tensor& conv_w, const at::Tensor& fc1_w,
+    const at::Tensor& fc2_w, c10::IntArrayRef normalizers, bool batch_stats);
 
 // Gradients of mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b, uninitialised.
 using ExemplarGradTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -76,15 +77,15 @@ struct SwitchableArgs {
 };
 
 SwitchableArgs check_switchable_args(
-    const char* op, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
     const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
     bool batch_stats, std::optional<double> momentum, double eps, int64_t count);
 
 // scale, shift (N, C), saved (SwitchableSavedLayout::total,), uninitialised.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> empty_switchable_outputs(
-    const SwitchableArgs& args);
+using SwitchableOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+SwitchableOutputs empty_switchable_outputs(const SwitchableArgs& args);
 
 struct SwitchableBackwardArgs {
   at::Tensor grad_scale, grad_shift, saved, weight;  // contiguous
@@ -94,9 +95,8 @@ struct SwitchableBackwardArgs {
 };
 
 SwitchableBackwardArgs check_switchable_backward_args(
-    const char* op, const at::Tensor& grad_scale, const at::Tensor& grad_shift,
-    const at::Tensor& saved, const at::Tensor& weight, c10::IntArrayRef normalizers,
-    bool batch_stats);
+    const at::Tensor& grad_scale, const at::Tensor& grad_shift, const at::Tensor& saved,
+    const at::Tensor& weight, c10::IntArrayRef normalizers, bool batch_stats);
 
 // Gradients of mean, var, weight, bias, mean_weight, var_weight, uninitialised.
 using SwitchableGradTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -116,5 +116,56 @@ at::Tensor switchable_norm_apply_forward(
     const at::Tensor& shift, const at::Tensor& saved, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
     c10::IntArrayRef normalizers, bool batch_stats);
+
+// A backend's kernels of the coefficient ops take their checked arguments and return their
+// outputs, which they allocate (empty_exemplar_outputs and the like).
+using ExemplarKernel = ExemplarOutputs (*)(const ExemplarArgs&);
+using ExemplarBackwardKernel = ExemplarGradTensors (*)(const ExemplarBackwardArgs&);
+using SwitchableKernel = SwitchableOutputs (*)(const SwitchableArgs&);
+using SwitchableBackwardKernel = SwitchableGradTensors (*)(const SwitchableBackwardArgs&);
+
+namespace detail {
+
+// The signature of the op whose arguments `check` checks: check's parameters (the op's, as
+// module.cpp declares them), returning Outputs.
+template <typename Outputs, typename Check>
+struct SignatureOf;
+
+template <typename Outputs, typename Args, typename... Params>
+struct SignatureOf<Outputs, Args (*)(Params...)> {
+  using type = Outputs(Params...);
+};
+
+template <typename Outputs, auto check>
+using OpSignature = typename SignatureOf<Outputs, decltype(check)>::type;
+
+// An op on one backend: its arguments checked by `check`, then the backend's kernel on what
+// the check returns.
+template <typename Outputs, auto check, auto kernel, typename = OpSignature<Outputs, check>>
+struct Entry;
+
+template <typename Outputs, auto check, auto kernel, typename... Params>
+struct Entry<Outputs, check, kernel, Outputs(Params...)> {
+  static Outputs run(Params... params) { return kernel(check(params...)); }
+};
+
+}  // namespace detail
+
+// Registers a backend's kernels of the coefficient ops, from its TORCH_LIBRARY_IMPL block,
+// with the apply ops' forward (the same on every backend).
+template <ExemplarKernel exemplar, ExemplarBackwardKernel exemplar_backward,
+          SwitchableKernel switchable, SwitchableBackwardKernel switchable_backward>
+void register_coefficient_kernels(torch::Library& m) {
+  using detail::Entry;
+  m.impl("exemplar_coefficients", &Entry<ExemplarOutputs, check_exemplar_args, exemplar>::run);
+  m.impl("exemplar_coefficients_backward",
+         &Entry<ExemplarGradTensors, check_exemplar_backward_args, exemplar_backward>::run);
+  m.impl("exemplar_norm_apply", &exemplar_norm_apply_forward);
+  m.impl("switchable_coefficients",
+         &Entry<SwitchableOutputs, check_switchable_args, switchable>::run);
+  m.impl("switchable_coefficients_backward",
+         &Entry<SwitchableGradTensors, check_switchable_backward_args, switchable_backward>::run);
+  m.impl("switchable_norm_apply", &switchable_norm_apply_forward);
+}
 
 }  // namespace en_seg

@@ -104,52 +104,98 @@ void member_rows(int code, const T* m, const T* v, const T* ln, const T* bn,
   }
 }
 
-// The statistics' part of the backward (docs/method.md#statistics): IN's gμ, gσ² (rows
-// (N, C) of `in_mean`, `in_var`) go to g_mean, g_var as they are; a merge of G values with
-// mean μ passes gμ / G to each mean and gσ² / G to each variance, and 2 gσ² (m - μ) / G to
-// each mean. LN's gradients are given summed over the channels of each sample (`ln`: N
-// sums of gμ, then N of gσ²) with d_LN = m - μ_LN in ln_centred(i) (C values); BN's at
-// every (n, c) (`bn_mean`, `bn_var`, (N, C)) with d_BN in bn_centred(i). Null pointers
-// leave a normalizer out.
-template <typename T, typename LnCentred, typename BnCentred>
-void merges_backward(int64_t n, int64_t c, const T* ln, const LnCentred& ln_centred,
-                     const T* bn_mean, const T* bn_var, const BnCentred& bn_centred,
-                     T* g_mean, T* g_var) {
-  if (ln != nullptr) {
+// The statistics' part of a backward (docs/method.md#statistics), shared by EN and SN: the
+// normalizers' gμ, gσ² on their way into the gradients of the moments. Member j's rows of
+// sample i (C values each) are written where rows(code, i) says, then fold() takes them:
+// IN's go to the sample's gradients of m and s as they are, LN's are summed over the
+// channels (`ln`: N sums of gμ, then N of gσ²), BN's stay (N, C) for merge().
+template <typename T>
+struct StatisticsGrads {
+  int64_t n, c;
+  std::vector<T> buffer;  // one IN or LN row pair (2C), ln (2N), BN's rows (N, C each)
+  T *member, *ln, *bn_mean, *bn_var;
+
+  StatisticsGrads(int64_t n, int64_t c)
+      : n(n),
+        c(c),
+        buffer(2 * c + 2 * n + 2 * n * c),
+        member(buffer.data()),
+        ln(member + 2 * c),
+        bn_mean(ln + 2 * n),
+        bn_var(bn_mean + n * c) {}
+
+  // Where normalizer `code`'s gμ (first) and gσ² (second) rows of sample i go.
+  std::pair<T*, T*> rows(int code, int64_t i) {
+    if (code == coef::kBN) return {bn_mean + i * c, bn_var + i * c};
+    return {member, member + c};
+  }
+
+  // Takes the rows just written for normalizer `code` of sample i; gm, gv are the sample's
+  // rows of the gradients of m and s. A pool has LN at most once: its sums start at 0.
+  void fold(int code, int64_t i, T* gm, T* gv) {
+    const T* mu_row = member;
+    const T* var_row = member + c;
+    if (code == coef::kIN) {
+      EN_SEG_SIMD
+      for (int64_t ch = 0; ch < c; ++ch) {
+        gm[ch] += mu_row[ch];
+        gv[ch] += var_row[ch];
+      }
+    } else if (code == coef::kLN) {
+      T ln_mean = T(0), ln_var = T(0);
+      EN_SEG_SIMD_SUM(ln_mean, ln_var)
+      for (int64_t ch = 0; ch < c; ++ch) {
+        ln_mean += mu_row[ch];
+        ln_var += var_row[ch];
+      }
+      ln[i] = ln_mean;
+      ln[n + i] = ln_var;
+    }
+  }
+
+  // Adds the merged normalizers' part to g_mean, g_var (N, C): a merge of G values with
+  // mean μ passes gμ / G to each mean and gσ² / G to each variance, and 2 gσ² (m - μ) / G
+  // to each mean. d_LN = m - μ_LN of sample i is ln_centred(i) (C values), d_BN
+  // bn_centred(i); BN takes a gradient on batch statistics only.
+  template <typename LnCentred, typename BnCentred>
+  void merge(const Pool& pool, bool batch_stats, const LnCentred& ln_centred,
+             const BnCentred& bn_centred, T* g_mean, T* g_var) const {
+    if (pool.ln >= 0) {
+      for (int64_t i = 0; i < n; ++i) {
+        const T a = ln[i] / T(c), b = T(2) * ln[n + i] / T(c), e = ln[n + i] / T(c);
+        const T* d = ln_centred(i);
+        T* gm = g_mean + i * c;
+        T* gv = g_var + i * c;
+        EN_SEG_SIMD
+        for (int64_t j = 0; j < c; ++j) {
+          gm[j] += a + b * d[j];
+          gv[j] += e;
+        }
+      }
+    }
+    if (pool.bn < 0 || !batch_stats) return;
+    std::vector<T> sums(2 * c, T(0));
+    T* mu = sums.data();
+    T* var = mu + c;
     for (int64_t i = 0; i < n; ++i) {
-      const T a = ln[i] / T(c), b = T(2) * ln[n + i] / T(c), e = ln[n + i] / T(c);
-      const T* d = ln_centred(i);
+      EN_SEG_SIMD
+      for (int64_t j = 0; j < c; ++j) {
+        mu[j] += bn_mean[i * c + j];
+        var[j] += bn_var[i * c + j];
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const T* d = bn_centred(i);
       T* gm = g_mean + i * c;
       T* gv = g_var + i * c;
       EN_SEG_SIMD
       for (int64_t j = 0; j < c; ++j) {
-        gm[j] += a + b * d[j];
-        gv[j] += e;
+        gm[j] += mu[j] / T(n) + T(2) * var[j] * d[j] / T(n);
+        gv[j] += var[j] / T(n);
       }
     }
   }
-  if (bn_mean == nullptr) return;
-  std::vector<T> sums(2 * c, T(0));
-  T* mu = sums.data();
-  T* var = mu + c;
-  for (int64_t i = 0; i < n; ++i) {
-    EN_SEG_SIMD
-    for (int64_t j = 0; j < c; ++j) {
-      mu[j] += bn_mean[i * c + j];
-      var[j] += bn_var[i * c + j];
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const T* d = bn_centred(i);
-    T* gm = g_mean + i * c;
-    T* gv = g_var + i * c;
-    EN_SEG_SIMD
-    for (int64_t j = 0; j < c; ++j) {
-      gm[j] += mu[j] / T(n) + T(2) * var[j] * d[j] / T(n);
-      gv[j] += var[j] / T(n);
-    }
-  }
-}
+};
 
 // ---------------------------------------------------------------------------------------
 // EN
@@ -240,18 +286,15 @@ void exemplar_backward(const ExemplarBackwardArgs& a, const ExemplarGradTensors&
     return activations + i * row.total + row.centred + j * c;
   };
   // g_lambda (N, K), the ratio branch's gradients of pooled (N, C), means and rstds
-  // (N, K, C), one IN or LN's gμ, gσ² (2C), LN's sums (2N), BN's gμ, gσ² (N, C each).
-  std::vector<T> scratch(n * k + n * c + 2 * n * k * c + 2 * c + 2 * n + 2 * n * c +
+  // (N, K, C).
+  std::vector<T> scratch(n * k + n * c + 2 * n * k * c +
                          cpu::exemplar_ratios_backward_workspace(s));
   T* g_lambda = scratch.data();
   T* ratio_pooled = g_lambda + n * k;
   T* ratio_means = ratio_pooled + n * c;
   T* ratio_rstds = ratio_means + n * k * c;
-  T* member = ratio_rstds + n * k * c;
-  T* ln = member + 2 * c;
-  T* bn_mean = ln + 2 * n;
-  T* bn_var = bn_mean + n * c;
-  T* workspace = bn_var + n * c;
+  T* workspace = ratio_rstds + n * k * c;
+  StatisticsGrads<T> stats(n, c);
   // dL/dλ_k = Σ_c (gA + gS d_k) γ_k ρ_k, then the ratio branch's backward.
   for (int64_t i = 0; i < n; ++i) {
     for (int j = 0; j < k; ++j) {
@@ -297,7 +340,6 @@ void exemplar_backward(const ExemplarBackwardArgs& a, const ExemplarGradTensors&
     T* gv = g_var + i * c;
     std::copy_n(ratio_pooled + i * c, c, gm);
     std::fill(gv, gv + c, T(0));
-    T ln_mean = T(0), ln_var = T(0);
     for (int j = 0; j < k; ++j) {
       const T lam = lambda(i, j);
       const T* d = centred(i, j);
@@ -307,9 +349,7 @@ void exemplar_backward(const ExemplarBackwardArgs& a, const ExemplarGradTensors&
       const T* r_rstd = ratio_rstds + (i * k + j) * c;
       T* g_gk = g_gamma + j * c;
       const int code = pool.code[j];
-      // gμ_k and gσ²_k: BN's stay for merges_backward (its batch statistics only).
-      T* mu_row = code == coef::kBN ? bn_mean + i * c : member;
-      T* var_row = code == coef::kBN ? bn_var + i * c : member + c;
+      const auto [mu_row, var_row] = stats.rows(code, i);
       EN_SEG_SIMD
       for (int64_t ch = 0; ch < c; ++ch) {
         const T t = lam * gk[ch] * rho[ch];
@@ -319,45 +359,19 @@ void exemplar_backward(const ExemplarBackwardArgs& a, const ExemplarGradTensors&
         mu_row[ch] = -gs[ch] * t + r_mean[ch];
         var_row[ch] = coef::rstd_to_var_grad(g_t * gk[ch] * lam + r_rstd[ch], rho[ch]);
       }
-      if (code == coef::kIN) {
-        EN_SEG_SIMD
-        for (int64_t ch = 0; ch < c; ++ch) {
-          gm[ch] += mu_row[ch];
-          gv[ch] += var_row[ch];
-        }
-      } else if (code == coef::kLN) {
-        EN_SEG_SIMD_SUM(ln_mean, ln_var)
-        for (int64_t ch = 0; ch < c; ++ch) {
-          ln_mean += mu_row[ch];
-          ln_var += var_row[ch];
-        }
-      }
+      stats.fold(code, i, gm, gv);
     }
-    ln[i] = ln_mean;
-    ln[n + i] = ln_var;
     EN_SEG_SIMD
     for (int64_t ch = 0; ch < c; ++ch) g_beta[ch] += gs[ch];
   }
   for (int j = 1; j < k; ++j) std::copy_n(g_beta, c, g_beta + j * c);
-  const bool bn_batch = pool.bn >= 0 && a.batch_stats;
-  merges_backward<T>(
-      n, c, pool.ln >= 0 ? ln : nullptr, [&](int64_t i) { return centred(i, pool.ln); },
-      bn_batch ? bn_mean : nullptr, bn_var, [&](int64_t i) { return centred(i, pool.bn); },
-      g_mean, g_var);
+  stats.merge(
+      pool, a.batch_stats, [&](int64_t i) { return centred(i, pool.ln); },
+      [&](int64_t i) { return centred(i, pool.bn); }, g_mean, g_var);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exemplar_coefficients_cpu(
-    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& conv_w, const at::Tensor& fc1_w,
-    const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
-    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-    const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
-    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
-  const ExemplarArgs args = check_exemplar_args(
-      "en_seg::exemplar_coefficients", mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w,
-      fc2_b, running_mean, running_var, num_batches_tracked, normalizers, batch_stats,
-      momentum, eps, count);
-  auto outputs = empty_exemplar_outputs(args);
+ExemplarOutputs exemplar_coefficients_cpu(const ExemplarArgs& args) {
+  ExemplarOutputs outputs = empty_exemplar_outputs(args);
   auto& [scale, shift, ratios, saved] = outputs;
   AT_DISPATCH_FLOATING_TYPES(args.stats.mean.scalar_type(), "exemplar_coefficients_cpu", [&] {
     exemplar_forward(args, scale.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(),
@@ -366,14 +380,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exemplar_coefficients
   return outputs;
 }
 
-ExemplarGradTensors exemplar_coefficients_backward_cpu(
-    const at::Tensor& grad_scale, const at::Tensor& grad_shift, const at::Tensor& saved,
-    const at::Tensor& weight, const at::Tensor& conv_w, const at::Tensor& fc1_w,
-    const at::Tensor& fc2_w, c10::IntArrayRef normalizers, bool batch_stats) {
-  const ExemplarBackwardArgs args =
-      check_exemplar_backward_args("en_seg::exemplar_coefficients_backward", grad_scale,
-                                   grad_shift, saved, weight, conv_w, fc1_w, fc2_w,
-                                   normalizers, batch_stats);
+ExemplarGradTensors exemplar_coefficients_backward_cpu(const ExemplarBackwardArgs& args) {
   ExemplarGradTensors grads = empty_exemplar_grads(args);
   AT_DISPATCH_FLOATING_TYPES(args.grad_scale.scalar_type(),
                              "exemplar_coefficients_backward_cpu",
@@ -466,20 +473,16 @@ void switchable_backward(const SwitchableBackwardArgs& a, const SwitchableGradTe
   T* g_beta = std::get<3>(grads).data_ptr<T>();
   std::fill(g_gamma, g_gamma + c, T(0));
   std::fill(g_beta, g_beta + c, T(0));
-  // One sample's mixed mean and the gradients of the mixed statistics, LN's rows, a
-  // normalizer's gμ and gσ²; LN's sums (2N); BN's gμ, gσ² (N, C each); d_LN and d_BN
-  // (N, C each).
-  std::vector<T> scratch(7 * c + 2 * n + 4 * n * c);
+  // One sample's mixed mean and the gradients of the mixed statistics, LN's rows; d_LN and
+  // d_BN (N, C each).
+  std::vector<T> scratch(5 * c + 2 * n * c);
   T* mixed_mean = scratch.data();
   T* g_mixed_mean = mixed_mean + c;
   T* g_mixed_var = g_mixed_mean + c;
   T* ln_rows = g_mixed_var + c;
-  T* member = ln_rows + 2 * c;
-  T* ln = member + 2 * c;
-  T* bn_mean = ln + 2 * n;
-  T* bn_var = bn_mean + n * c;
-  T* ln_centred = bn_var + n * c;
+  T* ln_centred = ln_rows + 2 * c;
   T* bn_centred = ln_centred + n * c;
+  StatisticsGrads<T> stats(n, c);
   T g_w[coef::kMaxPool] = {T(0), T(0), T(0)};
   T g_w_var[coef::kMaxPool] = {T(0), T(0), T(0)};
   for (int64_t i = 0; i < n; ++i) {
@@ -506,7 +509,6 @@ void switchable_backward(const SwitchableBackwardArgs& a, const SwitchableGradTe
       g_gamma[ch] += g.gamma;
       g_beta[ch] += gs[ch];
     }
-    T ln_mean = T(0), ln_var = T(0);
     for (int j = 0; j < pool.k; ++j) {
       const int code = pool.code[j];
       const auto [mu, var] = stat_rows(code, m, v, ln_stats, bn_stats, n, c, i, ln_rows);
@@ -518,8 +520,7 @@ void switchable_backward(const SwitchableBackwardArgs& a, const SwitchableGradTe
       }
       g_w[j] += sum_w;
       g_w_var[j] += sum_w_var;
-      T* mu_row = code == coef::kBN ? bn_mean + i * c : member;
-      T* var_row = code == coef::kBN ? bn_var + i * c : member + c;
+      const auto [mu_row, var_row] = stats.rows(code, i);
       EN_SEG_SIMD
       for (int64_t ch = 0; ch < c; ++ch) {
         mu_row[ch] = w[j] * g_mixed_mean[ch];
@@ -530,43 +531,18 @@ void switchable_backward(const SwitchableBackwardArgs& a, const SwitchableGradTe
         EN_SEG_SIMD
         for (int64_t ch = 0; ch < c; ++ch) d[ch] = mi[ch] - mu[ch];
       }
-      if (code == coef::kIN) {
-        EN_SEG_SIMD
-        for (int64_t ch = 0; ch < c; ++ch) {
-          gm[ch] += mu_row[ch];
-          gv[ch] += var_row[ch];
-        }
-      } else if (code == coef::kLN) {
-        EN_SEG_SIMD_SUM(ln_mean, ln_var)
-        for (int64_t ch = 0; ch < c; ++ch) {
-          ln_mean += mu_row[ch];
-          ln_var += var_row[ch];
-        }
-      }
+      stats.fold(code, i, gm, gv);
     }
-    ln[i] = ln_mean;
-    ln[n + i] = ln_var;
   }
   coef::softmax_backward(pool.k, w, g_w, std::get<4>(grads).data_ptr<T>());
   coef::softmax_backward(pool.k, w_var, g_w_var, std::get<5>(grads).data_ptr<T>());
-  const bool bn_batch = pool.bn >= 0 && a.batch_stats;
-  merges_backward<T>(
-      n, c, pool.ln >= 0 ? ln : nullptr, [&](int64_t i) { return ln_centred + i * c; },
-      bn_batch ? bn_mean : nullptr, bn_var, [&](int64_t i) { return bn_centred + i * c; },
-      g_mean, g_var);
+  stats.merge(
+      pool, a.batch_stats, [&](int64_t i) { return ln_centred + i * c; },
+      [&](int64_t i) { return bn_centred + i * c; }, g_mean, g_var);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> switchable_coefficients_cpu(
-    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
-    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-    const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
-    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
-  const SwitchableArgs args = check_switchable_args(
-      "en_seg::switchable_coefficients", mean, var, weight, bias, mean_weight, var_weight,
-      running_mean, running_var, num_batches_tracked, normalizers, batch_stats, momentum, eps,
-      count);
-  auto outputs = empty_switchable_outputs(args);
+SwitchableOutputs switchable_coefficients_cpu(const SwitchableArgs& args) {
+  SwitchableOutputs outputs = empty_switchable_outputs(args);
   auto& [scale, shift, saved] = outputs;
   AT_DISPATCH_FLOATING_TYPES(args.stats.mean.scalar_type(), "switchable_coefficients_cpu", [&] {
     switchable_forward(args, scale.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(),
@@ -575,12 +551,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> switchable_coefficients_cpu(
   return outputs;
 }
 
-SwitchableGradTensors switchable_coefficients_backward_cpu(
-    const at::Tensor& grad_scale, const at::Tensor& grad_shift, const at::Tensor& saved,
-    const at::Tensor& weight, c10::IntArrayRef normalizers, bool batch_stats) {
-  const SwitchableBackwardArgs args = check_switchable_backward_args(
-      "en_seg::switchable_coefficients_backward", grad_scale, grad_shift, saved, weight,
-      normalizers, batch_stats);
+SwitchableGradTensors switchable_coefficients_backward_cpu(const SwitchableBackwardArgs& args) {
   SwitchableGradTensors grads = empty_switchable_grads(args);
   AT_DISPATCH_FLOATING_TYPES(args.grad_scale.scalar_type(),
                              "switchable_coefficients_backward_cpu",
@@ -591,12 +562,9 @@ SwitchableGradTensors switchable_coefficients_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(en_seg, CPU, m) {
-  m.impl("exemplar_coefficients", &exemplar_coefficients_cpu);
-  m.impl("exemplar_coefficients_backward", &exemplar_coefficients_backward_cpu);
-  m.impl("exemplar_norm_apply", &exemplar_norm_apply_forward);
-  m.impl("switchable_coefficients", &switchable_coefficients_cpu);
-  m.impl("switchable_coefficients_backward", &switchable_coefficients_backward_cpu);
-  m.impl("switchable_norm_apply", &switchable_norm_apply_forward);
+  register_coefficient_kernels<exemplar_coefficients_cpu, exemplar_coefficients_backward_cpu,
+                               switchable_coefficients_cpu,
+                               switchable_coefficients_backward_cpu>(m);
 }
 
 }  // namespace en_seg

@@ -40,24 +40,14 @@ at::Tensor workspace(const at::Tensor& like, int64_t floats) {
   return at::empty({floats}, like.options());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exemplar_coefficients_cuda(
-    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& conv_w, const at::Tensor& fc1_w,
-    const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
-    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-    const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
-    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
+ExemplarOutputs exemplar_coefficients_cuda(const ExemplarArgs& args) {
   const char* op = "en_seg::exemplar_coefficients";
-  const ExemplarArgs args =
-      check_exemplar_args(op, mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b,
-                          running_mean, running_var, num_batches_tracked, normalizers,
-                          batch_stats, momentum, eps, count);
   check_float32(op, args.stats.mean);
-  TORCH_CHECK(args.sizes.hidden <= cuda::kMaxHidden, op, ": fc1_w has shape ", fc1_w.sizes(),
-              ", expected (P, K * K) with P <= ", cuda::kMaxHidden,
+  TORCH_CHECK(args.sizes.hidden <= cuda::kMaxHidden, op, ": fc1_w has shape ",
+              args.fc1_w.sizes(), ", expected (P, K * K) with P <= ", cuda::kMaxHidden,
               " hidden units for the CUDA kernel");
-  const c10::cuda::CUDAGuard guard(mean.device());
-  auto outputs = empty_exemplar_outputs(args);
+  const c10::cuda::CUDAGuard guard(args.stats.mean.device());
+  ExemplarOutputs outputs = empty_exemplar_outputs(args);
   auto& [scale, shift, ratios, saved] = outputs;
   at::Tensor scratch = workspace(args.stats.mean, cuda::exemplar_forward_workspace(args.sizes));
   const cuda::ExemplarInputs inputs{
@@ -73,16 +63,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> exemplar_coefficients
   return outputs;
 }
 
-ExemplarGradTensors exemplar_coefficients_backward_cuda(
-    const at::Tensor& grad_scale, const at::Tensor& grad_shift, const at::Tensor& saved,
-    const at::Tensor& weight, const at::Tensor& conv_w, const at::Tensor& fc1_w,
-    const at::Tensor& fc2_w, c10::IntArrayRef normalizers, bool batch_stats) {
-  const char* op = "en_seg::exemplar_coefficients_backward";
-  const ExemplarBackwardArgs args = check_exemplar_backward_args(
-      op, grad_scale, grad_shift, saved, weight, conv_w, fc1_w, fc2_w, normalizers,
-      batch_stats);
-  check_float32(op, args.grad_scale);
-  const c10::cuda::CUDAGuard guard(grad_scale.device());
+ExemplarGradTensors exemplar_coefficients_backward_cuda(const ExemplarBackwardArgs& args) {
+  check_float32("en_seg::exemplar_coefficients_backward", args.grad_scale);
+  const c10::cuda::CUDAGuard guard(args.grad_scale.device());
   ExemplarGradTensors grads = empty_exemplar_grads(args);
   at::Tensor scratch = workspace(args.grad_scale, cuda::exemplar_backward_workspace(args.sizes));
   const cuda::ExemplarBackwardInputs inputs{
@@ -104,20 +87,10 @@ ExemplarGradTensors exemplar_coefficients_backward_cuda(
   return grads;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> switchable_coefficients_cuda(
-    const at::Tensor& mean, const at::Tensor& var, const at::Tensor& weight,
-    const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
-    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-    const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
-    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
-  const char* op = "en_seg::switchable_coefficients";
-  const SwitchableArgs args =
-      check_switchable_args(op, mean, var, weight, bias, mean_weight, var_weight, running_mean,
-                            running_var, num_batches_tracked, normalizers, batch_stats,
-                            momentum, eps, count);
-  check_float32(op, args.stats.mean);
-  const c10::cuda::CUDAGuard guard(mean.device());
-  auto outputs = empty_switchable_outputs(args);
+SwitchableOutputs switchable_coefficients_cuda(const SwitchableArgs& args) {
+  check_float32("en_seg::switchable_coefficients", args.stats.mean);
+  const c10::cuda::CUDAGuard guard(args.stats.mean.device());
+  SwitchableOutputs outputs = empty_switchable_outputs(args);
   auto& [scale, shift, saved] = outputs;
   const cuda::SwitchableInputs inputs{
       args.stats.mean.data_ptr<float>(), args.stats.var.data_ptr<float>(),
@@ -131,13 +104,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> switchable_coefficients_cuda(
 }
 
 SwitchableGradTensors switchable_coefficients_backward_cuda(
-    const at::Tensor& grad_scale, const at::Tensor& grad_shift, const at::Tensor& saved,
-    const at::Tensor& weight, c10::IntArrayRef normalizers, bool batch_stats) {
-  const char* op = "en_seg::switchable_coefficients_backward";
-  const SwitchableBackwardArgs args = check_switchable_backward_args(
-      op, grad_scale, grad_shift, saved, weight, normalizers, batch_stats);
-  check_float32(op, args.grad_scale);
-  const c10::cuda::CUDAGuard guard(grad_scale.device());
+    const SwitchableBackwardArgs& args) {
+  check_float32("en_seg::switchable_coefficients_backward", args.grad_scale);
+  const c10::cuda::CUDAGuard guard(args.grad_scale.device());
   SwitchableGradTensors grads = empty_switchable_grads(args);
   const cuda::StatisticsShape shape{args.n, args.c, args.pool, args.batch_stats, 0.f};
   at::Tensor scratch = workspace(args.grad_scale, cuda::switchable_backward_workspace(shape));
@@ -156,12 +125,9 @@ SwitchableGradTensors switchable_coefficients_backward_cuda(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(en_seg, CUDA, m) {
-  m.impl("exemplar_coefficients", &exemplar_coefficients_cuda);
-  m.impl("exemplar_coefficients_backward", &exemplar_coefficients_backward_cuda);
-  m.impl("exemplar_norm_apply", &exemplar_norm_apply_forward);
-  m.impl("switchable_coefficients", &switchable_coefficients_cuda);
-  m.impl("switchable_coefficients_backward", &switchable_coefficients_backward_cuda);
-  m.impl("switchable_norm_apply", &switchable_norm_apply_forward);
+  register_coefficient_kernels<exemplar_coefficients_cuda, exemplar_coefficients_backward_cuda,
+                               switchable_coefficients_cuda,
+                               switchable_coefficients_backward_cuda>(m);
 }
 
 }  // namespace en_seg

@@ -198,6 +198,59 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ------------------------------------------------------------------------------------------
+// Backward: the statistics' part (docs/method.md#statistics), shared by EN and SN
+
+// Member j's gμ, gσ² at (n, c), where they go: IN's into that (n, c)'s gradients of the
+// moments (g_mean, g_var), LN's into the sample's sums over the channels (ln: gμ, gσ²),
+// BN's into (N, C) scratch at `at` for the channel kernel, on batch statistics only (the
+// running ones take no gradient).
+__device__ __forceinline__ void route_member_grad(int code, bool batch_stats, int64_t at,
+                                                  float g_mu, float g_sigma, float& g_mean,
+                                                  float& g_var, float* ln, float* bn_mean,
+                                                  float* bn_var) {
+  switch (code) {
+    case coef::kIN:
+      g_mean += g_mu;
+      g_var += g_sigma;
+      break;
+    case coef::kLN:
+      ln[0] += g_mu;
+      ln[1] += g_sigma;
+      break;
+    default:
+      if (batch_stats) {
+        bn_mean[at] = g_mu;
+        bn_var[at] = g_sigma;
+      }
+  }
+}
+
+// A merge of `count` values with mean μ at one of them (d = m - μ): gμ / count and
+// 2 gσ² d / count to its mean, gσ² / count to its variance, from the sums of gμ, gσ².
+__device__ __forceinline__ void merge_grad(float sum_mu, float sum_sigma, float d, float count,
+                                           float* g_mean, float* g_var) {
+  *g_mean += sum_mu / count + 2.f * sum_sigma * d / count;
+  *g_var += sum_sigma / count;
+}
+
+// Thread per channel ch: BN's part of the gradients of mean and var, from BN's gμ, gσ² at
+// every (n, c) and d_BN of sample i, centred(i).
+template <typename Centred>
+__device__ __forceinline__ void bn_merge_grad(int64_t n, int64_t c, int64_t ch,
+                                              const float* bn_mean, const float* bn_var,
+                                              const Centred& centred, float* g_mean,
+                                              float* g_var) {
+  float sum_mu = 0.f, sum_sigma = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    sum_mu += bn_mean[i * c + ch];
+    sum_sigma += bn_var[i * c + ch];
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    merge_grad(sum_mu, sum_sigma, centred(i), float(n), g_mean + i * c + ch, g_var + i * c + ch);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
 // EN backward
 
 // Where EN's backward keeps its per-(n, c) intermediate values.
@@ -281,21 +334,8 @@ __global__ void __launch_bounds__(kThreads)
       const float g_mu = -gs * t + scratch.means[i * s.k * s.c + kc];
       const float g_sigma = coef::rstd_to_var_grad(g_rho, rho);
       g_mean += gs * t;
-      switch (pool.code[j]) {
-        case coef::kIN:
-          g_mean += g_mu;
-          g_var += g_sigma;
-          break;
-        case coef::kLN:
-          ln[0] += g_mu;
-          ln[1] += g_sigma;
-          break;
-        default:
-          if (st.batch_stats) {
-            scratch.bn_mean[at] = g_mu;
-            scratch.bn_var[at] = g_sigma;
-          }
-      }
+      route_member_grad(pool.code[j], st.batch_stats, at, g_mu, g_sigma, g_mean, g_var, ln,
+                        scratch.bn_mean, scratch.bn_var);
     }
     out.mean[at] = g_mean;
     out.var[at] = g_var;
@@ -304,9 +344,8 @@ __global__ void __launch_bounds__(kThreads)
   block_sum(ln, warps);
   for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
     const int64_t at = i * s.c + ch;
-    const float d = sample.centred[pool.ln * s.c + ch];
-    out.mean[at] += ln[0] / float(s.c) + 2.f * ln[1] * d / float(s.c);
-    out.var[at] += ln[1] / float(s.c);
+    merge_grad(ln[0], ln[1], sample.centred[pool.ln * s.c + ch], float(s.c), out.mean + at,
+               out.var + at);
   }
 }
 
@@ -331,17 +370,10 @@ __global__ void __launch_bounds__(kThreads)
     out.bias[j * s.c + ch] = g_beta;
   }
   if (st.pool.bn < 0 || !st.batch_stats) return;
-  float bn_mean = 0.f, bn_var = 0.f;
-  for (int64_t i = 0; i < s.n; ++i) {
-    bn_mean += scratch.bn_mean[i * s.c + ch];
-    bn_var += scratch.bn_var[i * s.c + ch];
-  }
-  for (int64_t i = 0; i < s.n; ++i) {
-    const ExemplarSample sample(s, in.saved, i);
-    const float d = sample.centred[st.pool.bn * s.c + ch];
-    out.mean[i * s.c + ch] += bn_mean / float(s.n) + 2.f * bn_var * d / float(s.n);
-    out.var[i * s.c + ch] += bn_var / float(s.n);
-  }
+  bn_merge_grad(
+      s.n, s.c, ch, scratch.bn_mean, scratch.bn_var,
+      [&](int64_t i) { return ExemplarSample(s, in.saved, i).centred[st.pool.bn * s.c + ch]; },
+      out.mean, out.var);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -401,21 +433,8 @@ __global__ void __launch_bounds__(kThreads)
       sum_w_var[j] += g.mixed_var * stats[j].var;
       const float g_mu = w[j] * g.mixed_mean;
       const float g_sigma = w_var[j] * g.mixed_var;
-      switch (pool.code[j]) {
-        case coef::kIN:
-          g_mean += g_mu;
-          g_var += g_sigma;
-          break;
-        case coef::kLN:
-          sums[0] += g_mu;
-          sums[1] += g_sigma;
-          break;
-        default:
-          if (s.batch_stats) {
-            scratch.bn_mean[at] = g_mu;
-            scratch.bn_var[at] = g_sigma;
-          }
-      }
+      route_member_grad(pool.code[j], s.batch_stats, at, g_mu, g_sigma, g_mean, g_var, sums,
+                        scratch.bn_mean, scratch.bn_var);
     }
     out.mean[at] = g_mean;
     out.var[at] = g_var;
@@ -428,9 +447,8 @@ __global__ void __launch_bounds__(kThreads)
   if (pool.ln < 0) return;
   for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
     const int64_t at = i * s.c + ch;
-    const float d = saved[layout.mean + at] - ln.mean;
-    out.mean[at] += sums[0] / float(s.c) + 2.f * sums[1] * d / float(s.c);
-    out.var[at] += sums[1] / float(s.c);
+    merge_grad(sums[0], sums[1], saved[layout.mean + at] - ln.mean, float(s.c), out.mean + at,
+               out.var + at);
   }
 }
 
@@ -449,18 +467,10 @@ __global__ void __launch_bounds__(kThreads)
   out.weight[ch] = g_gamma;
   out.bias[ch] = g_beta;
   if (s.pool.bn < 0 || !s.batch_stats) return;
-  float bn_mean = 0.f, bn_var = 0.f;
-  for (int64_t i = 0; i < s.n; ++i) {
-    bn_mean += scratch.bn_mean[i * s.c + ch];
-    bn_var += scratch.bn_var[i * s.c + ch];
-  }
   const float mu = in.saved[layout.bn_mean + ch];
-  for (int64_t i = 0; i < s.n; ++i) {
-    const int64_t at = i * s.c + ch;
-    const float d = in.saved[layout.mean + at] - mu;
-    out.mean[at] += bn_mean / float(s.n) + 2.f * bn_var * d / float(s.n);
-    out.var[at] += bn_var / float(s.n);
-  }
+  bn_merge_grad(
+      s.n, s.c, ch, scratch.bn_mean, scratch.bn_var,
+      [&](int64_t i) { return in.saved[layout.mean + i * s.c + ch] - mu; }, out.mean, out.var);
 }
 
 // One thread: the importance weights' gradients through their softmax.
