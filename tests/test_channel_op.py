@@ -5,6 +5,10 @@ The oracles are float64 PyTorch formulas written here, the layers' pure-PyTorch 
 (``impl='reference'``) and the literal K-map reference of tests/reference.py.
 """
 import copy
+import platform
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -404,3 +408,15 @@ def test_cuda_fused_layer_matches_reference_layer(cls, kwargs, _):
     for g, g_ref in zip(torch.autograd.grad(y, (x, *fused.parameters()), grad),
                         torch.autograd.grad(y_ref, (x, *reference.parameters()), grad)):
         torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(platform.machine() != 'x86_64' or sys.platform != 'linux',
+                    reason='the ISA clones are built for x86-64 Linux (csrc/simd.h)')
+def test_the_hot_cpu_loops_are_built_for_avx512_and_avx2_too():
+    # libtorch's GroupNorm and BatchNorm run AVX2 / AVX-512 code; our loops must as well
+    # (EN_SEG_CPU_DISPATCH), or the comparison measures the instruction set.
+    from en_seg.ops import _C
+    binary = Path(_C.__file__).read_bytes()
+    for loop in (b'block_moments', b'affine_row', b'input_grad_row', b'block_grad_sums'):
+        for level in (b'arch_x86_64_v4', b'arch_x86_64_v3'):
+            assert re.search(loop + rb'[^\0]*\.' + level, binary), (loop, level)

@@ -406,3 +406,25 @@ def test_a_layer_that_synchronizes_keeps_the_composed_path(monkeypatch):
         layer(torch.randn(2, 16, 4, 4))
     assert 'exemplar_coefficients.default' not in forward.ops
     assert 'exemplar_ratios.default' in forward.ops
+
+
+def _copies_in_backward(y, grad_y, inputs):
+    """How many copies of an activation-sized tensor (aten::copy_, also those inside the
+    ops' kernels, which the profiler records) the backward of y makes."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=True) as prof:
+        torch.autograd.grad(y, inputs, grad_y)
+    return sum(event.count for event in prof.key_averages(group_by_input_shape=True)
+               if event.key == 'aten::copy_' and event.input_shapes[0] == list(y.shape))
+
+
+@pytest.mark.parametrize('path', ['fused', 'composed'])
+def test_the_backward_copies_a_differently_laid_out_gradient_once(path, monkeypatch):
+    # x channels_last, grad_y NCHW: both backward passes read grad_y in x's layout.
+    layer = ExemplarNorm2d(16, reduction=4)
+    if path == 'composed':
+        monkeypatch.setattr(layer, '_fuses_coefficients', lambda x: False)
+    x = torch.randn(2, 16, 5, 6).to(memory_format=torch.channels_last).requires_grad_()
+    grad_y = torch.randn(2, 16, 5, 6)
+    assert _copies_in_backward(layer(x), grad_y, [x]) == 1
+    assert _copies_in_backward(layer(x), grad_y.to(memory_format=torch.channels_last), [x]) == 0

@@ -15,8 +15,8 @@ into IN / LN / BN statistics, the ratio branch, γ and β). Five compiled ops
   grad_var)``: a mixed layer's whole input gradient in one elementwise pass, given the
   gradients that reach its moments.
 
-This module registers their fake kernels and the autograd formulas of the moments and the
-affine map (so that each is a differentiable op that ``torch.compile`` traces), and gives
+This module registers their fake kernels, so that ``torch.compile`` traces them (the
+autograd formulas of the moments and the affine map are C++, csrc/channel_op.cpp), and gives
 :func:`channel_affine_norm`, a layer from a coefficient function written in PyTorch; the
 coefficient ops (:mod:`.coefficient_op`) chain these ops into a layer with one backward
 pass over X.
@@ -126,37 +126,3 @@ if EXTENSION_AVAILABLE:
     def _channel_norm_input_grad_fake(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var):
         _check_fake_input('en_seg::channel_norm_input_grad', x)
         return _activation_like(x)
-
-    def _moments_setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], output[0])
-
-    def _moments_backward(ctx, grad_mean, grad_var):
-        # mean and var are averages over M = H * W values:
-        # d mean / dx = 1 / M, d var / dx = 2 (x - mean) / M.
-        x, mean = ctx.saved_tensors
-        inv_m = 1.0 / (x.shape[2] * x.shape[3])
-        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
-        return torch.ops.en_seg.channel_affine(x, mean, grad_var * (2 * inv_m),
-                                               grad_mean * inv_m)
-
-    torch.library.register_autograd('en_seg::channel_moments', _moments_backward,
-                                    setup_context=_moments_setup_context)
-
-    def _affine_setup_context(ctx, inputs, output):
-        x, center, scale, _ = inputs
-        ctx.save_for_backward(x, center, scale)
-
-    def _affine_backward(ctx, grad_y):
-        x, center, scale = ctx.saved_tensors
-        # Both passes read grad_y in x's layout: copied here at most once, not by each op.
-        grad_y = grad_y.contiguous(memory_format=_layout(x))
-        sum_dy, sum_dy_xc = torch.ops.en_seg.channel_affine_grad_sums(grad_y, x, center)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            zeros = torch.zeros_like(scale)
-            grad_x = torch.ops.en_seg.channel_affine(grad_y, zeros, scale, zeros)
-        return grad_x, -scale * sum_dy, sum_dy_xc, sum_dy
-
-    torch.library.register_autograd('en_seg::channel_affine', _affine_backward,
-                                    setup_context=_affine_setup_context)

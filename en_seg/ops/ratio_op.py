@@ -3,8 +3,9 @@
 docs/method.md#ratio-branch, steps 2-6 (paper Sec. 3.3, Fig. 2, Eq. 4). The op (csrc/ratio_op*,
 CPU and CUDA kernels) serves the layers whose coefficients are PyTorch code, e.g. with
 synchronized BN statistics; the coefficient ops (:mod:`.coefficient_op`) compute the ratios
-inside. This module registers its fake kernel, so that ``torch.compile`` traces it without a
-graph break, and its autograd formula (the op ``en_seg::exemplar_ratios_backward``).
+inside. This module registers its fake kernels, so that ``torch.compile`` traces it without
+a graph break; its autograd formula, the op ``en_seg::exemplar_ratios_backward``, is C++
+(csrc/ratio_op.cpp).
 
 ``torch.ops.en_seg.exemplar_ratios(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w,
 fc2_b)`` returns ``(ratios, activations)``: the ratios λ (N, K) and, not differentiable,
@@ -14,7 +15,6 @@ h = tanh(W1 v + b1), z (C/r, K) and pooled - means (K, C) (csrc/ratio_math.h, Sa
 ``torch.ops.en_seg.exemplar_ratios_backward(grad, activations, rstds, conv_w, fc1_w,
 fc2_w)`` returns the gradients of the forward's 8 inputs.
 """
-from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -61,9 +61,8 @@ def exemplar_ratios(pooled: Tensor, means: Tensor, rstds: Tensor, conv_weight: T
 
 
 if EXTENSION_AVAILABLE:
-    # The overloads the dispatch and the backward call.
+    # The overload the dispatch calls: one attribute lookup less per call.
     _OP = torch.ops.en_seg.exemplar_ratios.default
-    _BACKWARD_OP = torch.ops.en_seg.exemplar_ratios_backward.default
 
     @torch.library.register_fake('en_seg::exemplar_ratios')
     def _exemplar_ratios_fake(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b):
@@ -83,24 +82,3 @@ if EXTENSION_AVAILABLE:
         n, k, c = rstds.shape
         return (rstds.new_empty(n, c), like(rstds), like(rstds), like(conv_w), like(fc1_w),
                 fc1_w.new_empty(fc1_w.shape[0]), like(fc2_w), fc2_w.new_empty(k))
-
-    def _setup_context(ctx, inputs: Tuple[Tensor, ...],
-                       output: Tuple[Tensor, Tensor]) -> None:
-        # The activations hold everything the backward needs besides rstds and the three
-        # weights. Every saved tensor adds to the fixed per-call cost that dominates at
-        # small N (docs/benchmark_ratio.md), so 5 rather than the 8 inputs are saved. Nothing
-        # flows back through the activations: marking them non-differentiable, without
-        # materialized gradients, spares the engine a zero tensor per backward.
-        _, _, rstds, conv_w, fc1_w, _, fc2_w, _ = inputs
-        activations = output[1]
-        ctx.mark_non_differentiable(activations)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(activations, rstds, conv_w, fc1_w, fc2_w)
-
-    def _backward(ctx, grad: Optional[Tensor], _: None) -> Tuple[Optional[Tensor], ...]:
-        if grad is None:  # an undefined gradient of the ratios: nothing flows back
-            return (None,) * 8
-        return _BACKWARD_OP(grad, *ctx.saved_tensors)
-
-    torch.library.register_autograd('en_seg::exemplar_ratios', _backward,
-                                    setup_context=_setup_context)

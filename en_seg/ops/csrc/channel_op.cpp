@@ -10,13 +10,19 @@
 // them (merging moments into IN / LN / BN statistics, the ratio branch) stays in PyTorch.
 // Centring on the per-(n, c) mean keeps the sums free of cancellation when |mean| >> std.
 //
-// Kernels: channel_op_cpu.cpp (CPU), cuda/ (CUDA). Fake kernels and autograd formulas:
-// en_seg/ops/channel_op.py.
+// Kernels: channel_op_cpu.cpp (CPU), cuda/ (CUDA); the autograd formulas of the moments and
+// the affine map are below, the fake kernels in en_seg/ops/channel_op.py.
 #include "channel_op.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
+
+#include <tuple>
+
+#include "dispatch.h"
 
 namespace en_seg {
 
@@ -28,11 +34,15 @@ Activation check_activation(const char* op, const at::Tensor& x) {
               op, ": expects float16, bfloat16, float32 or float64, got ", dtype);
   TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": needs H * W >= 1 to take moments over, got "
               "shape ", x.sizes());
-  // Prefer (N, C, H, W) when both orders describe the memory (C == 1 or H * W == 1).
-  const bool channels_last =
-      !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool channels_last = activation_layout(x) == at::MemoryFormat::ChannelsLast;
   return {channels_last ? x : x.contiguous(), x.size(0), x.size(1), x.size(2) * x.size(3),
           channels_last};
+}
+
+at::MemoryFormat activation_layout(const at::Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
 }
 
 at::Tensor match_activation(const char* op, const char* name, const at::Tensor& t,
@@ -149,4 +159,99 @@ TORCH_LIBRARY_FRAGMENT(en_seg, m) {
   m.def("channel_norm_input_grad(Tensor grad_y, Tensor x, Tensor mean, Tensor scale, "
         "Tensor sum_dy, Tensor grad_mean, Tensor grad_var) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+}
+
+namespace en_seg {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using MomentsOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&);
+using AffineOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&);
+using GradSumsOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&);
+
+std::tuple<at::Tensor, at::Tensor> moments(const at::Tensor& x) {
+  static const auto op = op_handle<MomentsOp>("en_seg::channel_moments");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x);
+}
+
+at::Tensor affine(const at::Tensor& x, const at::Tensor& center, const at::Tensor& scale,
+                  const at::Tensor& shift) {
+  static const auto op = op_handle<AffineOp>("en_seg::channel_affine");
+  return op.call(x, center, scale, shift);
+}
+
+at::Tensor affine_below_autograd(const at::Tensor& x, const at::Tensor& center,
+                                 const at::Tensor& scale, const at::Tensor& shift) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return affine(x, center, scale, shift);
+}
+
+// mean and var average M = H * W values: d mean / dx = 1 / M and d var / dx = 2 (x - mean)
+// / M, so dx is one affine pass over x. Undefined gradients arrive as zeros (the default).
+class ChannelMoments : public torch::autograd::Function<ChannelMoments> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x) {
+    auto [mean, var] = moments(x);
+    ctx->save_for_backward({x, mean});
+    return {mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const double inv_m = 1.0 / static_cast<double>(saved[0].size(2) * saved[0].size(3));
+    return {affine(saved[0], saved[1], grads[1].mul(2 * inv_m), grads[0].mul(inv_m))};
+  }
+};
+
+// y = scale (x - center) + shift: d shift = Σ dy, d scale = Σ dy (x - center),
+// d center = -scale Σ dy, dx = scale dy.
+class ChannelAffine : public torch::autograd::Function<ChannelAffine> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& center,
+                            const at::Tensor& scale, const at::Tensor& shift) {
+    ctx->save_for_backward({x, center, scale});
+    return affine_below_autograd(x, center, scale, shift);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto grad_sums = op_handle<GradSumsOp>("en_seg::channel_affine_grad_sums");
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &center = saved[1], &scale = saved[2];
+    // Both passes read grad_y in x's layout: copied, where it differs, once here.
+    const at::Tensor grad_y = grads[0].contiguous(activation_layout(x));
+    auto [sum_dy, sum_dy_xc] = grad_sums.call(grad_y, x, center);
+    at::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      const at::Tensor zeros = at::zeros_like(scale);
+      grad_x = affine(grad_y, zeros, scale, zeros);
+    }
+    return {grad_x, scale.mul(sum_dy).neg_(), sum_dy_xc, sum_dy};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> channel_moments_autograd(const at::Tensor& x) {
+  if (!records_graph({&x})) return moments(x);
+  variable_list out = ChannelMoments::apply(x);
+  return {out[0], out[1]};
+}
+
+at::Tensor channel_affine_autograd(const at::Tensor& x, const at::Tensor& center,
+                                   const at::Tensor& scale, const at::Tensor& shift) {
+  if (!records_graph({&x, &center, &scale, &shift})) {
+    return affine_below_autograd(x, center, scale, shift);
+  }
+  return ChannelAffine::apply(x, center, scale, shift);
+}
+
+}  // namespace
+}  // namespace en_seg
+
+TORCH_LIBRARY_IMPL(en_seg, Autograd, m) {
+  m.impl("channel_moments", &en_seg::channel_moments_autograd);
+  m.impl("channel_affine", &en_seg::channel_affine_autograd);
 }

@@ -15,6 +15,10 @@ struct Activation {
   bool channels_last;  // memory order (N, H, W, C) rather than (N, C, H, W)
 };
 
+// The layout the kernels walk x in: channels_last where only that order describes its
+// memory, else contiguous (N, C, H, W), also when both do (C == 1 or H * W == 1).
+at::MemoryFormat activation_layout(const at::Tensor& x);
+
 // Checks x: 4-D, floating point (float16, bfloat16, float32 or float64), H * W >= 1.
 // Returns it dense: as it is when contiguous or channels_last, else a contiguous copy.
 // Raises c10::Error naming `op`, the offending shape or dtype.

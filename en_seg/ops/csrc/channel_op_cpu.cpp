@@ -118,6 +118,7 @@ struct PerElement {
 // the squared deviations from it and their sum, which is the rounding error of that mean
 // times len and corrects both.
 template <typename acc_t>
+EN_SEG_CPU_DISPATCH
 Moments<acc_t> block_moments(const acc_t* x, int64_t len) {
   acc_t sum = 0;
   EN_SEG_SIMD_SUM(sum)
@@ -295,6 +296,7 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(const at::Tensor& input) 
 
 // y = scale * (x - center) + shift over one row.
 template <typename acc_t, typename Coef>
+EN_SEG_CPU_DISPATCH
 void affine_row(const acc_t* x, int64_t len, const Coef& center, const Coef& scale,
                 const Coef& shift, acc_t* y) {
   EN_SEG_SIMD
@@ -303,6 +305,7 @@ void affine_row(const acc_t* x, int64_t len, const Coef& center, const Coef& sca
 
 // dx = dy_scale * dy + x_scale * (x - center) + shift over one row.
 template <typename acc_t, typename Coef>
+EN_SEG_CPU_DISPATCH
 void input_grad_row(const acc_t* dy, const acc_t* x, int64_t len, const Coef& center,
                     const Coef& dy_scale, const Coef& x_scale, const Coef& shift,
                     acc_t* dx) {
@@ -444,6 +447,7 @@ at::Tensor channel_norm_input_grad_cpu(const at::Tensor& grad_y, const at::Tenso
 
 // Adds Σ dy and Σ dy * (x - center) of one block to the running sums.
 template <typename acc_t>
+EN_SEG_CPU_DISPATCH
 void block_grad_sums(const acc_t* dy, const acc_t* x, int64_t len, acc_t center,
                      acc_t& sum_dy, acc_t& sum_dy_xc) {
   acc_t block_s = 0, block_p = 0;

@@ -22,7 +22,6 @@
 // coefficient_op_cpu.cpp, cuda/coefficient_op_*.
 #include "coefficient_op.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
@@ -34,6 +33,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "channel_op.h"
+#include "dispatch.h"
 #include "ratio_op.h"
 
 namespace en_seg {
@@ -240,11 +241,6 @@ SwitchableGradTensors empty_switchable_grads(const SwitchableBackwardArgs& args)
 
 namespace {
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
 at::Tensor affine(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
                   const at::Tensor& shift) {
   static const auto op =
@@ -368,17 +364,21 @@ struct LayerBackward {
   variable_list saved;  // x, mean, scale, saved, then the op's parameters
   std::vector<int64_t> normalizers;
   bool batch_stats;
+  // The upstream gradient in x's layout: both passes read it, so it is copied (where its
+  // layout differs) once here rather than by each op.
+  at::Tensor grad_y;
   at::Tensor sum_dy, sum_dy_xc;
 
-  LayerBackward(AutogradContext* ctx, const at::Tensor& grad_y)
+  LayerBackward(AutogradContext* ctx, const at::Tensor& upstream)
       : saved(ctx->get_saved_variables()),
         normalizers(ctx->saved_data["normalizers"].toIntVector()),
-        batch_stats(ctx->saved_data["batch_stats"].toBool()) {
+        batch_stats(ctx->saved_data["batch_stats"].toBool()),
+        grad_y(upstream.contiguous(activation_layout(saved[0]))) {
     std::tie(sum_dy, sum_dy_xc) = grad_sums(grad_y, saved[0], saved[1]);
   }
 
   // dx, or an undefined tensor where x needs no gradient.
-  at::Tensor grad_x(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& grad_mean,
+  at::Tensor grad_x(AutogradContext* ctx, const at::Tensor& grad_mean,
                     const at::Tensor& grad_var) const {
     if (!ctx->needs_input_grad(0)) return {};
     return input_grad(grad_y, saved[0], saved[1], saved[2], sum_dy, grad_mean, grad_var);
@@ -417,7 +417,7 @@ class ExemplarNormApply : public torch::autograd::Function<ExemplarNormApply> {
           grad_fc2_w, grad_fc2_b] =
         backward_op.call(layer.sum_dy_xc, layer.sum_dy, s[3], s[4], s[5], s[6], s[7],
                          layer.normalizers, layer.batch_stats);
-    out[0] = layer.grad_x(ctx, grad_y, grad_mean, grad_var);
+    out[0] = layer.grad_x(ctx, grad_mean, grad_var);
     out[5] = grad_weight;
     out[6] = grad_bias;
     out[7] = grad_conv_w;
@@ -458,7 +458,7 @@ class SwitchableNormApply : public torch::autograd::Function<SwitchableNormApply
     auto [grad_mean, grad_var, grad_weight, grad_bias, grad_mean_weight, grad_var_weight] =
         backward_op.call(layer.sum_dy_xc, layer.sum_dy, s[3], s[4], layer.normalizers,
                          layer.batch_stats);
-    out[0] = layer.grad_x(ctx, grad_y, grad_mean, grad_var);
+    out[0] = layer.grad_x(ctx, grad_mean, grad_var);
     out[5] = grad_weight;
     out[6] = grad_bias;
     out[7] = grad_mean_weight;

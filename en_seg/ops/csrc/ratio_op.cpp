@@ -1,10 +1,18 @@
+// Argument checks of the ratio op en_seg::exemplar_ratios and its backward (schemas in
+// module.cpp, math in ratio_math.h, kernels in ratio_op_cpu.cpp and cuda/), and its autograd
+// formula; the fake kernels are in en_seg/ops/ratio_op.py.
 #include "ratio_op.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
 
 #include <initializer_list>
+#include <tuple>
 #include <utility>
+
+#include "dispatch.h"
 
 namespace en_seg {
 
@@ -119,3 +127,75 @@ RatioGradBuffers::RatioGradBuffers(const RatioBackwardArgs& args) {
 }
 
 }  // namespace en_seg
+
+namespace en_seg {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using RatiosOp = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+using RatiosBackwardOp = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                    at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&);
+
+std::tuple<at::Tensor, at::Tensor> ratios_below_autograd(
+    const at::Tensor& pooled, const at::Tensor& means, const at::Tensor& rstds,
+    const at::Tensor& conv_w, const at::Tensor& fc1_w, const at::Tensor& fc1_b,
+    const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
+  static const auto op = op_handle<RatiosOp>("en_seg::exemplar_ratios");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
+}
+
+// The activations hold everything the backward needs besides rstds and the three weights,
+// so it recomputes nothing and 5 tensors rather than the 8 inputs are saved; every saved
+// tensor adds to the fixed per-call cost that dominates at small N
+// (docs/benchmark_ratio.md). Nothing flows back through the activations, and an undefined
+// gradient of the ratios is not materialized as zeros.
+class ExemplarRatios : public torch::autograd::Function<ExemplarRatios> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& pooled,
+                               const at::Tensor& means, const at::Tensor& rstds,
+                               const at::Tensor& conv_w, const at::Tensor& fc1_w,
+                               const at::Tensor& fc1_b, const at::Tensor& fc2_w,
+                               const at::Tensor& fc2_b) {
+    auto [ratios, activations] =
+        ratios_below_autograd(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
+    ctx->mark_non_differentiable({activations});
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({activations, rstds, conv_w, fc1_w, fc2_w});
+    return {ratios, activations};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(8);
+    static const auto op = op_handle<RatiosBackwardOp>("en_seg::exemplar_ratios_backward");
+    const variable_list s = ctx->get_saved_variables();
+    auto [pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b] =
+        op.call(grads[0], s[0], s[1], s[2], s[3], s[4]);
+    return {pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> exemplar_ratios_autograd(
+    const at::Tensor& pooled, const at::Tensor& means, const at::Tensor& rstds,
+    const at::Tensor& conv_w, const at::Tensor& fc1_w, const at::Tensor& fc1_b,
+    const at::Tensor& fc2_w, const at::Tensor& fc2_b) {
+  if (!records_graph({&pooled, &means, &rstds, &conv_w, &fc1_w, &fc1_b, &fc2_w, &fc2_b})) {
+    return ratios_below_autograd(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
+  }
+  variable_list out =
+      ExemplarRatios::apply(pooled, means, rstds, conv_w, fc1_w, fc1_b, fc2_w, fc2_b);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+}  // namespace en_seg
+
+TORCH_LIBRARY_IMPL(en_seg, Autograd, m) {
+  m.impl("exemplar_ratios", &en_seg::exemplar_ratios_autograd);
+}

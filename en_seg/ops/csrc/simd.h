@@ -14,3 +14,18 @@
   _Pragma(EN_SEG_STRINGIFY(omp simd reduction(+ : __VA_ARGS__)))
 #define EN_SEG_STRINGIFY(...) #__VA_ARGS__
 #endif
+
+// The CPU kernels' hot loops, compiled for three x86-64 levels and chosen once, when the
+// library loads, for the CPU it runs on (GCC's function multi-versioning): AVX-512
+// (x86-64-v4), AVX2 + FMA (x86-64-v3), and the baseline every x86-64 CPU runs. libtorch's
+// kernels, GroupNorm's and BatchNorm's among them, dispatch the same way, and without this
+// the loops run SSE2 beside them. Elsewhere (other compilers or CPUs, CUDA translation
+// units) the loops are compiled once, for the build's target.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__CUDACC__) && defined(__linux__)
+#define EN_SEG_CPU_DISPATCH \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define EN_SEG_CPU_DISPATCH
+#endif
+
