@@ -240,26 +240,6 @@ def test_backward_op_is_the_vector_jacobian_product_of_the_coefficients(cls, poo
         torch.testing.assert_close(g, g_ref.reshape(g.shape), rtol=1e-9, atol=1e-10, msg=name)
 
 
-def test_only_some_inputs_requiring_grad():
-    fused, reference = pair(ExemplarNorm2d, 16, reduction=4)
-    x = activation((2, 16, 5, 5))
-    fused(x).square().sum().backward()  # x is data, as for a first layer
-    reference(x).square().sum().backward()
-    for p, p_ref in zip(fused.parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-9, atol=1e-10)
-    fused.requires_grad_(False), reference.requires_grad_(False)
-    x.requires_grad_()
-    y = fused(x).square().sum()
-    first = torch.autograd.grad(y, x, retain_graph=True)[0]
-    torch.testing.assert_close(first, torch.autograd.grad(reference(x).square().sum(), x)[0],
-                               rtol=1e-9, atol=1e-10)
-    assert torch.equal(first, torch.autograd.grad(y, x)[0])
-
-
-# ---------------------------------------------------------------------------------------
-# Registration
-
-
 def en_op_inputs(dtype, running=True):
     layer = randomized(ExemplarNorm2d(16, reduction=4).to(dtype))
     args = list(exemplar_inputs(layer, activation((3, 16, 4, 4)).to(dtype)))
