@@ -87,17 +87,13 @@ def _check_fake_input(op: str, x: Tensor) -> None:
                  lambda: f'{op}: expects a 4-D (N, C, H, W) input, got shape {tuple(x.shape)}')
 
 
-def _layout(x: Tensor) -> torch.memory_format:
-    """The layout the kernels read and write x in: channels_last where only that describes
-    its memory, else contiguous (csrc/channel_op.cpp, check_activation)."""
+def _activation_like(x: Tensor) -> Tensor:
+    """An empty tensor like x in the layout the kernels write (channels_last or
+    contiguous)."""
     channels_last = (not x.is_contiguous()
                      and x.is_contiguous(memory_format=torch.channels_last))
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def _activation_like(x: Tensor) -> Tensor:
-    """An empty tensor like x in the layout the kernels write."""
-    return torch.empty_like(x, memory_format=_layout(x))
+    return torch.empty_like(x, memory_format=torch.channels_last if channels_last
+                            else torch.contiguous_format)
 
 
 if EXTENSION_AVAILABLE:

@@ -162,33 +162,46 @@ TORCH_LIBRARY_FRAGMENT(en_seg, m) {
 }
 
 namespace en_seg {
+
+at::Tensor channel_affine(const at::Tensor& x, const at::Tensor& center,
+                          const at::Tensor& scale, const at::Tensor& shift) {
+  static const auto op = op_handle<decltype(channel_affine)>("en_seg::channel_affine");
+  return op.call(x, center, scale, shift);
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums(const at::Tensor& grad_y,
+                                                            const at::Tensor& x,
+                                                            const at::Tensor& center) {
+  static const auto op =
+      op_handle<decltype(channel_affine_grad_sums)>("en_seg::channel_affine_grad_sums");
+  return op.call(grad_y, x, center);
+}
+
+at::Tensor channel_norm_input_grad(const at::Tensor& grad_y, const at::Tensor& x,
+                                   const at::Tensor& mean, const at::Tensor& scale,
+                                   const at::Tensor& sum_dy, const at::Tensor& grad_mean,
+                                   const at::Tensor& grad_var) {
+  static const auto op =
+      op_handle<decltype(channel_norm_input_grad)>("en_seg::channel_norm_input_grad");
+  return op.call(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var);
+}
+
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using MomentsOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&);
-using AffineOp = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const at::Tensor&);
-using GradSumsOp = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                      const at::Tensor&);
-
 std::tuple<at::Tensor, at::Tensor> moments(const at::Tensor& x) {
-  static const auto op = op_handle<MomentsOp>("en_seg::channel_moments");
+  static const auto op =
+      op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>("en_seg::channel_moments");
   at::AutoDispatchBelowADInplaceOrView guard;
   return op.call(x);
-}
-
-at::Tensor affine(const at::Tensor& x, const at::Tensor& center, const at::Tensor& scale,
-                  const at::Tensor& shift) {
-  static const auto op = op_handle<AffineOp>("en_seg::channel_affine");
-  return op.call(x, center, scale, shift);
 }
 
 at::Tensor affine_below_autograd(const at::Tensor& x, const at::Tensor& center,
                                  const at::Tensor& scale, const at::Tensor& shift) {
   at::AutoDispatchBelowADInplaceOrView guard;
-  return affine(x, center, scale, shift);
+  return channel_affine(x, center, scale, shift);
 }
 
 // mean and var average M = H * W values: d mean / dx = 1 / M and d var / dx = 2 (x - mean)
@@ -204,7 +217,7 @@ class ChannelMoments : public torch::autograd::Function<ChannelMoments> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const double inv_m = 1.0 / static_cast<double>(saved[0].size(2) * saved[0].size(3));
-    return {affine(saved[0], saved[1], grads[1].mul(2 * inv_m), grads[0].mul(inv_m))};
+    return {channel_affine(saved[0], saved[1], grads[1].mul(2 * inv_m), grads[0].mul(inv_m))};
   }
 };
 
@@ -219,16 +232,15 @@ class ChannelAffine : public torch::autograd::Function<ChannelAffine> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto grad_sums = op_handle<GradSumsOp>("en_seg::channel_affine_grad_sums");
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &center = saved[1], &scale = saved[2];
     // Both passes read grad_y in x's layout: copied, where it differs, once here.
     const at::Tensor grad_y = grads[0].contiguous(activation_layout(x));
-    auto [sum_dy, sum_dy_xc] = grad_sums.call(grad_y, x, center);
+    auto [sum_dy, sum_dy_xc] = channel_affine_grad_sums(grad_y, x, center);
     at::Tensor grad_x;
     if (ctx->needs_input_grad(0)) {
       const at::Tensor zeros = at::zeros_like(scale);
-      grad_x = affine(grad_y, zeros, scale, zeros);
+      grad_x = channel_affine(grad_y, zeros, scale, zeros);
     }
     return {grad_x, scale.mul(sum_dy).neg_(), sum_dy_xc, sum_dy};
   }

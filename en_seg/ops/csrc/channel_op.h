@@ -6,6 +6,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <tuple>
+
 namespace en_seg {
 
 // A 4-D activation (N, C, H, W) as the kernels walk it: dense in one of two layouts.
@@ -71,6 +73,19 @@ NormInputGradArgs check_norm_input_grad_args(const at::Tensor& grad_y, const at:
                                              const at::Tensor& sum_dy,
                                              const at::Tensor& grad_mean,
                                              const at::Tensor& grad_var);
+
+// The channel ops called through the dispatcher, as from Python (autograd included, where
+// the caller has not gone below it): the autograd kernels of every op family build their
+// forward and backward from them.
+at::Tensor channel_affine(const at::Tensor& x, const at::Tensor& center,
+                          const at::Tensor& scale, const at::Tensor& shift);
+std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums(const at::Tensor& grad_y,
+                                                            const at::Tensor& x,
+                                                            const at::Tensor& center);
+at::Tensor channel_norm_input_grad(const at::Tensor& grad_y, const at::Tensor& x,
+                                   const at::Tensor& mean, const at::Tensor& scale,
+                                   const at::Tensor& sum_dy, const at::Tensor& grad_mean,
+                                   const at::Tensor& grad_var);
 
 // An uninitialised (N, C) tensor of stats_dtype(x) on x's device.
 at::Tensor empty_stats(const Activation& x);

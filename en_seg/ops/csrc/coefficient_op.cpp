@@ -239,31 +239,19 @@ SwitchableGradTensors empty_switchable_grads(const SwitchableBackwardArgs& args)
           at::empty({args.pool.k}, options),    at::empty({args.pool.k}, options)};
 }
 
-namespace {
-
-at::Tensor affine(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
-                  const at::Tensor& shift) {
-  static const auto op =
-      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&)>("en_seg::channel_affine");
-  return op.call(x, mean, scale, shift);
-}
-
-}  // namespace
-
 at::Tensor exemplar_norm_apply_forward(
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
     const at::Tensor& shift, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, c10::IntArrayRef, bool) {
-  return affine(x, mean, scale, shift);
+  return channel_affine(x, mean, scale, shift);
 }
 
 at::Tensor switchable_norm_apply_forward(
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& scale,
     const at::Tensor& shift, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, c10::IntArrayRef, bool) {
-  return affine(x, mean, scale, shift);
+  return channel_affine(x, mean, scale, shift);
 }
 
 namespace {
@@ -326,25 +314,6 @@ void check_constant_inputs(const char* op, std::initializer_list<const at::Tenso
   }
 }
 
-// The backward steps every apply op shares: the gradients of shift and scale, and dx.
-std::tuple<at::Tensor, at::Tensor> grad_sums(const at::Tensor& grad_y, const at::Tensor& x,
-                                             const at::Tensor& mean) {
-  static const auto op =
-      op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                   const at::Tensor&)>(
-          "en_seg::channel_affine_grad_sums");
-  return op.call(grad_y, x, mean);
-}
-
-at::Tensor input_grad(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean,
-                      const at::Tensor& scale, const at::Tensor& sum_dy,
-                      const at::Tensor& grad_mean, const at::Tensor& grad_var) {
-  static const auto op = op_handle<at::Tensor(
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-      const at::Tensor&, const at::Tensor&, const at::Tensor&)>("en_seg::channel_norm_input_grad");
-  return op.call(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var);
-}
-
 // Saves x, mean, scale and `saved` first, then the apply op's `params` that its backward
 // reads; keeps the pool and batch_stats.
 void save_layer(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mean,
@@ -374,14 +343,15 @@ struct LayerBackward {
         normalizers(ctx->saved_data["normalizers"].toIntVector()),
         batch_stats(ctx->saved_data["batch_stats"].toBool()),
         grad_y(upstream.contiguous(activation_layout(saved[0]))) {
-    std::tie(sum_dy, sum_dy_xc) = grad_sums(grad_y, saved[0], saved[1]);
+    std::tie(sum_dy, sum_dy_xc) = channel_affine_grad_sums(grad_y, saved[0], saved[1]);
   }
 
   // dx, or an undefined tensor where x needs no gradient.
   at::Tensor grad_x(AutogradContext* ctx, const at::Tensor& grad_mean,
                     const at::Tensor& grad_var) const {
     if (!ctx->needs_input_grad(0)) return {};
-    return input_grad(grad_y, saved[0], saved[1], saved[2], sum_dy, grad_mean, grad_var);
+    return channel_norm_input_grad(grad_y, saved[0], saved[1], saved[2], sum_dy, grad_mean,
+                                   grad_var);
   }
 };
 
