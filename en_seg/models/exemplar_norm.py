@@ -168,14 +168,20 @@ class ExemplarNorm2d(_MixedNorm):
         return gain.sum(1), shift
 
     def _fused_forward(self, x: Tensor) -> Tensor:
+        own, modules = self._parameters, self._modules
+        conv = modules['ratio_conv']._parameters
+        fc1 = modules['ratio_fc1']._parameters
+        fc2 = modules['ratio_fc2']._parameters
         params = self._in_statistics_dtype(
-            x, (self.weight, self.bias, self.ratio_conv.weight, self.ratio_fc1.weight,
-                self.ratio_fc1.bias, self.ratio_fc2.weight, self.ratio_fc2.bias))
+            x, (own['weight'], own['bias'], conv['weight'], fc1['weight'], fc1['bias'],
+                fc2['weight'], fc2['bias']))
         running_mean, running_var, tracked, batch_stats = self._coefficient_op_statistics()
         y, ratios = exemplar_norm(x, *params, running_mean, running_var, tracked,
                                   normalizer_codes(self.normalizers), batch_stats,
                                   self.momentum, self.eps)
-        self.last_ratios = ratios.float()
+        # A plain attribute (nn.Module.__setattr__ would look for a parameter, buffer or
+        # child of that name first).
+        self.__dict__['last_ratios'] = ratios.float()
         return y
 
     def _ratios(self, pooled: Tensor, means: Tensor, rstds: Tensor) -> Tensor:

@@ -209,7 +209,7 @@ class _MixedNorm(_InstanceNorm):
         a pool without BN."""
         if 'BN' not in self.normalizers:
             return self.training
-        return self.bn_member_mode.training
+        return self._modules['bn_member_mode'].training
 
     def _uses_batch_bn_stats(self) -> bool:
         # Same rule as nn.BatchNorm2d: batch statistics in training, or always when no
@@ -293,13 +293,18 @@ class _MixedNorm(_InstanceNorm):
             return False
         if self.sync_stats and 'BN' in self.normalizers and self._synchronizes():
             return False
+        running_mean = self._buffers['running_mean']
         stats = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return ('BN' not in self.normalizers or self.running_mean is None
-                or self.running_mean.dtype == stats)
+        return 'BN' not in self.normalizers or running_mean is None or running_mean.dtype == stats
 
     def _fused_forward(self, x: Tensor) -> Tensor:
         """The layer's output by the ops of :mod:`en_seg.ops.coefficient_op`, in x's dtype;
-        also updates the running statistics, as :meth:`_statistics` does."""
+        also updates the running statistics, as :meth:`_statistics` does.
+
+        This forward reads parameters, buffers and children from the module's own dicts
+        (``_parameters``, ``_buffers``, ``_modules``) rather than by attribute: each
+        ``nn.Module.__getattr__`` costs about as much as a small layer's arithmetic, and a
+        mixed layer has up to seven parameters."""
         raise NotImplementedError
 
     @staticmethod
@@ -307,6 +312,8 @@ class _MixedNorm(_InstanceNorm):
         """``params`` in the statistics' dtype of x (float64 for a float64 x, else float32),
         cast only where they differ (docs/method.md#precision)."""
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if all([p.dtype == dtype for p in params]):
+            return params
         return tuple(p if p.dtype == dtype else p.to(dtype) for p in params)
 
     def _coefficient_op_statistics(self) -> Tuple[Optional[Tensor], Optional[Tensor],
@@ -316,7 +323,8 @@ class _MixedNorm(_InstanceNorm):
         (:meth:`_uses_batch_bn_stats`)."""
         if 'BN' not in self.normalizers:
             return None, None, None, True
-        return (self.running_mean, self.running_var, self.num_batches_tracked,
+        buffers = self._buffers
+        return (buffers['running_mean'], buffers['running_var'], buffers['num_batches_tracked'],
                 self._uses_batch_bn_stats())
 
     def _affine_coefficients(self, pooled: Tensor, var: Tensor,

@@ -100,8 +100,9 @@ class SwitchableNorm2d(_MixedNorm):
         return scale, self.bias.to(dtype) + scale * (pooled - mixed_mean)
 
     def _fused_forward(self, x: Tensor) -> Tensor:
+        own = self._parameters
         params = self._in_statistics_dtype(
-            x, (self.weight, self.bias, self.mean_weight, self.var_weight))
+            x, (own['weight'], own['bias'], own['mean_weight'], own['var_weight']))
         running_mean, running_var, tracked, batch_stats = self._coefficient_op_statistics()
         return switchable_norm(x, *params, running_mean, running_var, tracked,
                                normalizer_codes(self.normalizers), batch_stats, self.momentum,

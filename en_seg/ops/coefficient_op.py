@@ -2,8 +2,9 @@
 
 docs/method.md#statistics, #running-statistics, #ratio-branch, #output and
 #switchable-normalization. :func:`exemplar_norm` and :func:`switchable_norm` compute
-ExemplarNorm2d's and SwitchableNorm2d's output with three compiled ops forward and three
-backward, whatever the pool (csrc/coefficient_op.cpp explains the chain):
+ExemplarNorm2d's and SwitchableNorm2d's output with one call into the library, the layer op
+``torch.ops.en_seg.exemplar_norm`` (``switchable_norm``), which runs three compiled ops
+forward and three backward, whatever the pool (csrc/coefficient_op.cpp explains the chain):
 
 - ``torch.ops.en_seg.channel_moments(x) -> (mean, var)`` (:mod:`en_seg.ops.channel_op`);
 - ``torch.ops.en_seg.exemplar_coefficients(mean, var, weight, bias, conv_w, fc1_w, fc1_b,
@@ -17,11 +18,13 @@ backward, whatever the pool (csrc/coefficient_op.cpp explains the chain):
   the layer's: ``channel_affine_grad_sums``, the coefficient op's backward
   (``exemplar_coefficients_backward``, ``switchable_coefficients_backward``: the gradients
   of mean, var and every parameter from those of scale and shift) and
-  ``channel_norm_input_grad``.
+  ``channel_norm_input_grad``. With gradients disabled, ``channel_affine`` instead.
 
-The moments and the coefficients run with gradients disabled; their autograd kernels and
-the apply ops' are C++ (csrc/coefficient_op.cpp). This module registers the ops' fake
-kernels, so that ``torch.compile`` traces the layer in one graph.
+The moments and the coefficients run with gradients disabled; the layer ops and every
+autograd kernel are C++ (csrc/coefficient_op.cpp): a small layer's arithmetic costs less
+than a call from Python. This module registers the inner ops' fake kernels, so that
+``torch.compile`` traces the layer in one graph (the layer ops are composite: tracers see
+the ops inside).
 """
 import functools
 from typing import Optional, Sequence, Tuple
@@ -76,16 +79,9 @@ def exemplar_norm(x: Tensor, weight: Tensor, bias: Tensor, conv_w: Tensor, fc1_w
         RuntimeError: from the ops, naming the argument, for shapes, dtypes or devices
             other than the above.
     """
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    with torch.no_grad():
-        mean, var = _MOMENTS(x)
-        scale, shift, ratios, saved = _EXEMPLAR_COEFFICIENTS(
-            mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b, running_mean,
-            running_var, num_batches_tracked, normalizers, batch_stats, momentum, eps, count)
-    if not torch.is_grad_enabled():
-        return _AFFINE(x, mean, scale, shift), ratios
-    return _EXEMPLAR_APPLY(x, mean, scale, shift, saved, weight, bias, conv_w, fc1_w, fc1_b,
-                           fc2_w, fc2_b, normalizers, batch_stats), ratios
+    return _EXEMPLAR_NORM(x, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b, running_mean,
+                          running_var, num_batches_tracked, normalizers, batch_stats,
+                          momentum, eps)
 
 
 def switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weight: Tensor,
@@ -109,16 +105,9 @@ def switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weight: Tensor
     Raises:
         RuntimeError: from the ops, as for :func:`exemplar_norm`.
     """
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    with torch.no_grad():
-        mean, var = _MOMENTS(x)
-        scale, shift, saved = _SWITCHABLE_COEFFICIENTS(
-            mean, var, weight, bias, mean_weight, var_weight, running_mean, running_var,
-            num_batches_tracked, normalizers, batch_stats, momentum, eps, count)
-    if not torch.is_grad_enabled():
-        return _AFFINE(x, mean, scale, shift)
-    return _SWITCHABLE_APPLY(x, mean, scale, shift, saved, weight, bias, mean_weight,
-                             var_weight, normalizers, batch_stats)
+    return _SWITCHABLE_NORM(x, weight, bias, mean_weight, var_weight, running_mean,
+                            running_var, num_batches_tracked, normalizers, batch_stats,
+                            momentum, eps)
 
 
 def _like(tensor: Tensor) -> Tensor:
@@ -139,12 +128,8 @@ def _exemplar_saved_values(n: int, c: int, k: int, conv_w: Tensor, fc1_w: Tensor
 
 if EXTENSION_AVAILABLE:
     # The overloads the layer functions call: one attribute lookup less per call.
-    _MOMENTS = torch.ops.en_seg.channel_moments.default
-    _AFFINE = torch.ops.en_seg.channel_affine.default
-    _EXEMPLAR_COEFFICIENTS = torch.ops.en_seg.exemplar_coefficients.default
-    _EXEMPLAR_APPLY = torch.ops.en_seg.exemplar_norm_apply.default
-    _SWITCHABLE_COEFFICIENTS = torch.ops.en_seg.switchable_coefficients.default
-    _SWITCHABLE_APPLY = torch.ops.en_seg.switchable_norm_apply.default
+    _EXEMPLAR_NORM = torch.ops.en_seg.exemplar_norm.default
+    _SWITCHABLE_NORM = torch.ops.en_seg.switchable_norm.default
 
     @torch.library.register_fake('en_seg::exemplar_coefficients')
     def _exemplar_coefficients_fake(mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w,

@@ -23,7 +23,7 @@ from .export import is_exporting
 
 #: The schema version these Python modules register fake kernels and autograd for; bumped
 #: with ``kSchemaVersion`` in csrc/module.cpp.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The implementations an ``impl`` argument may name: the compiled ops, or plain PyTorch.
 IMPLS = ('op', 'reference')

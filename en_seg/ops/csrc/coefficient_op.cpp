@@ -456,7 +456,80 @@ at::Tensor switchable_norm_apply_autograd(
                                     var_weight, normalizers, batch_stats);
 }
 
+// The layer ops: a fused layer's three ops in one call, so that a forward crosses from
+// Python into the dispatcher once (a small layer's arithmetic costs less than a crossing).
+// CompositeImplicitAutograd: each op inside runs its own kernels and autograd, and tracers
+// see those three ops.
+struct LayerMoments {
+  at::Tensor mean, var;
+  int64_t count;  // N * H * W
+};
+
+LayerMoments layer_moments(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, op, ": expects a 4-D (N, C, H, W) input, got shape ", x.sizes());
+  static const auto moments =
+      op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>("en_seg::channel_moments");
+  at::NoGradGuard no_grad;
+  auto [mean, var] = moments.call(x);
+  return {mean, var, x.size(0) * x.size(2) * x.size(3)};
+}
+
+std::tuple<at::Tensor, at::Tensor> exemplar_norm(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const at::Tensor& conv_w, const at::Tensor& fc1_w, const at::Tensor& fc1_b,
+    const at::Tensor& fc2_w, const at::Tensor& fc2_b, const Optional& running_mean,
+    const Optional& running_var, const Optional& num_batches_tracked,
+    c10::IntArrayRef normalizers, bool batch_stats, std::optional<double> momentum,
+    double eps) {
+  const LayerMoments m = layer_moments("en_seg::exemplar_norm", x);
+  static const auto coefficients =
+      op_handle<detail::OpSignature<ExemplarOutputs, check_exemplar_args>>(
+          kExemplarCoefficients);
+  at::Tensor scale, shift, ratios, saved;
+  {
+    at::NoGradGuard no_grad;
+    std::tie(scale, shift, ratios, saved) = coefficients.call(
+        m.mean, m.var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b, running_mean,
+        running_var, num_batches_tracked, normalizers, batch_stats, momentum, eps, m.count);
+  }
+  if (!at::GradMode::is_enabled()) return {channel_affine(x, m.mean, scale, shift), ratios};
+  static const auto apply =
+      op_handle<decltype(exemplar_norm_apply_forward)>(kExemplarNormApply);
+  return {apply.call(x, m.mean, scale, shift, saved, weight, bias, conv_w, fc1_w, fc1_b, fc2_w,
+                     fc2_b, normalizers, batch_stats),
+          ratios};
+}
+
+at::Tensor switchable_norm(const at::Tensor& x, const at::Tensor& weight,
+                           const at::Tensor& bias, const at::Tensor& mean_weight,
+                           const at::Tensor& var_weight, const Optional& running_mean,
+                           const Optional& running_var, const Optional& num_batches_tracked,
+                           c10::IntArrayRef normalizers, bool batch_stats,
+                           std::optional<double> momentum, double eps) {
+  const LayerMoments m = layer_moments("en_seg::switchable_norm", x);
+  static const auto coefficients =
+      op_handle<detail::OpSignature<SwitchableOutputs, check_switchable_args>>(
+          kSwitchableCoefficients);
+  at::Tensor scale, shift, saved;
+  {
+    at::NoGradGuard no_grad;
+    std::tie(scale, shift, saved) = coefficients.call(
+        m.mean, m.var, weight, bias, mean_weight, var_weight, running_mean, running_var,
+        num_batches_tracked, normalizers, batch_stats, momentum, eps, m.count);
+  }
+  if (!at::GradMode::is_enabled()) return channel_affine(x, m.mean, scale, shift);
+  static const auto apply =
+      op_handle<decltype(switchable_norm_apply_forward)>(kSwitchableNormApply);
+  return apply.call(x, m.mean, scale, shift, saved, weight, bias, mean_weight, var_weight,
+                    normalizers, batch_stats);
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(en_seg, CompositeImplicitAutograd, m) {
+  m.impl("exemplar_norm", &exemplar_norm);
+  m.impl("switchable_norm", &switchable_norm);
+}
 
 TORCH_LIBRARY_IMPL(en_seg, Autograd, m) {
   using detail::OpSignature;

@@ -1,13 +1,13 @@
 // The en_seg operator library: the Python module en_seg.ops._C and every op's schema.
 // Kernels register themselves per backend with TORCH_LIBRARY_IMPL in their own files;
-// fake (meta) kernels and autograd formulas are registered from Python (en_seg/ops).
+// autograd kernels are C++ too; fake (meta) kernels are registered from Python (en_seg/ops).
 #include <Python.h>
 #include <torch/library.h>
 
 // The version of the schemas below. Bump it with any change to them: en_seg/ops/library.py
 // uses the library only where its version is the one the Python side registers for, so an
 // extension built from older sources falls back to the references instead of failing.
-constexpr long kSchemaVersion = 4;
+constexpr long kSchemaVersion = 5;
 
 extern "C" {
 // A module holding only SCHEMA_VERSION: importing en_seg.ops._C loads this library, whose
@@ -102,5 +102,21 @@ TORCH_LIBRARY_FRAGMENT(en_seg, m) {
       "switchable_norm_apply(Tensor x, Tensor mean, Tensor scale, Tensor shift, Tensor saved, "
       "Tensor weight, Tensor bias, Tensor mean_weight, Tensor var_weight, int[] normalizers, "
       "bool batch_stats) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  // A whole EN layer in one call: channel_moments, exemplar_coefficients (gradients disabled,
+  // count = N * H * W) and exemplar_norm_apply, or channel_affine where gradients are
+  // disabled. y like x, the ratios λ (N, K) not differentiable.
+  m.def(
+      "exemplar_norm(Tensor x, Tensor weight, Tensor bias, Tensor conv_w, Tensor fc1_w, "
+      "Tensor fc1_b, Tensor fc2_w, Tensor fc2_b, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, int[] normalizers, "
+      "bool batch_stats, float? momentum, float eps) -> (Tensor y, Tensor ratios)",
+      {at::Tag::pt2_compliant_tag});
+  // As exemplar_norm, for SN.
+  m.def(
+      "switchable_norm(Tensor x, Tensor weight, Tensor bias, Tensor mean_weight, "
+      "Tensor var_weight, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
+      "Tensor(c!)? num_batches_tracked, int[] normalizers, bool batch_stats, float? momentum, "
+      "float eps) -> Tensor",
       {at::Tag::pt2_compliant_tag});
 }
