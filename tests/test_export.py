@@ -152,7 +152,9 @@ def test_torch_compile_keeps_the_compiled_ops(cls, training):
     torch.compile(layer, backend=backend, fullgraph=True)(x)
     ops = {str(node.target).split('.')[1] for node in graphs[0].graph.nodes
            if str(node.target).startswith('en_seg.')}
-    assert 'channel_moments' in ops, ops
+    # Dynamo's graph holds the layer op (en_seg::exemplar_norm or switchable_norm), a
+    # composite that AOT autograd opens into the inner ops.
+    assert ops & {'channel_moments', 'exemplar_norm', 'switchable_norm'}, ops
 
 
 def run_tool(*args):
