@@ -2,7 +2,9 @@
 
 1. Loads the installed ``en_seg/ops/_C*.so`` with ``torch.ops.load_library``, without
    importing ``en_seg``, and asserts that every op it registers in the ``en_seg`` library
-   has a CPU and a CUDA kernel, i.e. that it was compiled with its CUDA kernels.
+   has a CPU and a CUDA kernel, i.e. that it was compiled with its CUDA kernels. A layer op
+   (``exemplar_norm``, ``switchable_norm``) is a composite of the kernel ops: it must carry
+   a ``CompositeImplicitAutograd`` kernel instead, which serves every backend.
 2. Imports ``en_seg.ops`` and ``en_seg.models.ExemplarNorm2d`` (which must import with
    torch alone) and runs the layer's forward + backward, on the GPU when one is visible,
    else on the CPU.
@@ -19,6 +21,7 @@ from typing import List
 import torch
 
 BACKENDS = ('CPU', 'CUDA')
+COMPOSITE = 'CompositeImplicitAutograd'
 
 
 def installed_library() -> Path:
@@ -45,6 +48,9 @@ def check_kernels() -> List[str]:
         return ['the library registers no en_seg op']
     failures = []
     for op in ops:
+        if torch._C._dispatch_has_kernel_for_dispatch_key(op, COMPOSITE):
+            print(f'{op}: composite ({COMPOSITE}) of the kernel ops')
+            continue
         keys = [key for key in BACKENDS
                 if torch._C._dispatch_has_kernel_for_dispatch_key(op, key)]
         print(f'{op}: kernels for {", ".join(keys) or "no backend"}')
