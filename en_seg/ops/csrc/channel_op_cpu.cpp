@@ -111,6 +111,23 @@ struct PerElement {
   acc_t at(int64_t i) const { return values[i]; }
 };
 
+// Long rows are summed in kLanes partial sums, one per i mod kLanes (four AVX-512 vectors
+// of float32), added up by a fixed pairwise tree: one running sum makes every vector add
+// wait for the previous one (4 cycles), which bounds a pass over L1 well below its
+// bandwidth. Rows shorter than kLaneRows are summed by omp simd, for which the tree costs
+// more than it saves. Either way the order depends on the length only.
+constexpr int64_t kLanes = 64;
+constexpr int64_t kLaneRows = 4 * kLanes;
+
+// Adds the kLanes values of `lanes` pairwise into lanes[0].
+template <typename acc_t>
+EN_SEG_INLINE void fold_lanes(acc_t* lanes) {
+  for (int64_t width = kLanes / 2; width >= 1; width /= 2) {
+    EN_SEG_SIMD
+    for (int64_t j = 0; j < width; ++j) lanes[j] += lanes[j + width];
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // channel_moments
 
@@ -120,16 +137,49 @@ struct PerElement {
 template <typename acc_t>
 EN_SEG_CPU_DISPATCH
 Moments<acc_t> block_moments(const acc_t* x, int64_t len) {
-  acc_t sum = 0;
-  EN_SEG_SIMD_SUM(sum)
-  for (int64_t i = 0; i < len; ++i) sum += x[i];
+  acc_t sum = 0, m2 = 0, residual = 0;
+  if (len < kLaneRows) {
+    EN_SEG_SIMD_SUM(sum)
+    for (int64_t i = 0; i < len; ++i) sum += x[i];
+  } else {
+    acc_t lanes[kLanes] = {};
+    const int64_t body = len - len % kLanes;
+    for (int64_t i = 0; i < body; i += kLanes) {
+      EN_SEG_SIMD
+      for (int64_t j = 0; j < kLanes; ++j) lanes[j] += x[i + j];
+    }
+    fold_lanes(lanes);
+    sum = lanes[0];
+    for (int64_t i = body; i < len; ++i) sum += x[i];
+  }
   const acc_t mean = sum / acc_t(len);
-  acc_t m2 = 0, residual = 0;
-  EN_SEG_SIMD_SUM(m2, residual)
-  for (int64_t i = 0; i < len; ++i) {
-    const acc_t d = x[i] - mean;
-    m2 += d * d;
-    residual += d;
+  if (len < kLaneRows) {
+    EN_SEG_SIMD_SUM(m2, residual)
+    for (int64_t i = 0; i < len; ++i) {
+      const acc_t d = x[i] - mean;
+      m2 += d * d;
+      residual += d;
+    }
+  } else {
+    acc_t squares[kLanes] = {}, deviations[kLanes] = {};
+    const int64_t body = len - len % kLanes;
+    for (int64_t i = 0; i < body; i += kLanes) {
+      EN_SEG_SIMD
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const acc_t d = x[i + j] - mean;
+        squares[j] += d * d;
+        deviations[j] += d;
+      }
+    }
+    fold_lanes(squares);
+    fold_lanes(deviations);
+    m2 = squares[0];
+    residual = deviations[0];
+    for (int64_t i = body; i < len; ++i) {
+      const acc_t d = x[i] - mean;
+      m2 += d * d;
+      residual += d;
+    }
   }
   // (Σ d)² <= len Σ d², but rounding may leave a constant block a tiny negative m2.
   return {len, mean + residual / acc_t(len),
@@ -451,8 +501,24 @@ EN_SEG_CPU_DISPATCH
 void block_grad_sums(const acc_t* dy, const acc_t* x, int64_t len, acc_t center,
                      acc_t& sum_dy, acc_t& sum_dy_xc) {
   acc_t block_s = 0, block_p = 0;
+  int64_t start = 0;
+  if (len >= kLaneRows) {
+    acc_t s[kLanes] = {}, p[kLanes] = {};
+    start = len - len % kLanes;
+    for (int64_t i = 0; i < start; i += kLanes) {
+      EN_SEG_SIMD
+      for (int64_t j = 0; j < kLanes; ++j) {
+        s[j] += dy[i + j];
+        p[j] += dy[i + j] * (x[i + j] - center);
+      }
+    }
+    fold_lanes(s);
+    fold_lanes(p);
+    block_s = s[0];
+    block_p = p[0];
+  }
   EN_SEG_SIMD_SUM(block_s, block_p)
-  for (int64_t i = 0; i < len; ++i) {
+  for (int64_t i = start; i < len; ++i) {
     block_s += dy[i];
     block_p += dy[i] * (x[i] - center);
   }

@@ -29,3 +29,7 @@
 #define EN_SEG_CPU_DISPATCH
 #endif
 
+// A helper of those loops, inlined into each clone so that it is compiled for the clone's
+// instruction set.
+#define EN_SEG_INLINE __attribute__((always_inline)) inline
+
