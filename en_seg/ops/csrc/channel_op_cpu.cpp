@@ -326,13 +326,25 @@ void moments_channels_last(const Activation& x, acc_t* mean, acc_t* var) {
   });
 }
 
+// H * W = 1 (DeepLabV3's image pool): every plane is one value, its own mean, with
+// variance 0; a copy rather than the segments of a channels_last reduction.
+template <typename scalar_t, typename acc_t>
+void moments_of_points(const Activation& x, acc_t* mean, acc_t* var) {
+  const scalar_t* data = x.tensor.const_data_ptr<scalar_t>();
+  const int64_t count = x.n * x.c;
+  for (int64_t i = 0; i < count; ++i) mean[i] = static_cast<acc_t>(data[i]);
+  std::fill(var, var + count, acc_t(0));
+}
+
 std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(const at::Tensor& input) {
   const Activation x = check_activation("en_seg::channel_moments", input);
   at::Tensor mean = empty_stats(x), var = empty_stats(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
                                   "channel_moments_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (pixel_rows(x)) {
+    if (x.hw == 1) {
+      moments_of_points<scalar_t>(x, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
+    } else if (pixel_rows(x)) {
       moments_channels_last<scalar_t>(x, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
     } else {
       moments_channels_first<scalar_t>(x, mean.data_ptr<acc_t>(), var.data_ptr<acc_t>());
@@ -611,6 +623,19 @@ void grad_sums_channels_last(const scalar_t* dy, const Activation& x, const acc_
   });
 }
 
+// H * W = 1: the sums over a plane are its one term.
+template <typename scalar_t, typename acc_t>
+void grad_sums_of_points(const scalar_t* dy, const Activation& x, const acc_t* center,
+                         acc_t* sum_dy, acc_t* sum_dy_xc) {
+  const scalar_t* data = x.tensor.const_data_ptr<scalar_t>();
+  const int64_t count = x.n * x.c;
+  for (int64_t i = 0; i < count; ++i) {
+    const acc_t g = static_cast<acc_t>(dy[i]);
+    sum_dy[i] = g;
+    sum_dy_xc[i] = g * (static_cast<acc_t>(data[i]) - center[i]);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cpu(const at::Tensor& grad_y,
                                                                 const at::Tensor& input,
                                                                 const at::Tensor& center) {
@@ -620,7 +645,8 @@ std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cpu(const at::Tensor
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
                                   "channel_affine_grad_sums_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto sums = pixel_rows(x) ? &grad_sums_channels_last<scalar_t, acc_t>
+    const auto sums = x.hw == 1       ? &grad_sums_of_points<scalar_t, acc_t>
+                      : pixel_rows(x) ? &grad_sums_channels_last<scalar_t, acc_t>
                                       : &grad_sums_channels_first<scalar_t, acc_t>;
     sums(args.grad_y.const_data_ptr<scalar_t>(), x, args.center.const_data_ptr<acc_t>(),
          sum_dy.data_ptr<acc_t>(), sum_dy_xc.data_ptr<acc_t>());
