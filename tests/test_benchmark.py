@@ -43,3 +43,25 @@ def test_layer_benchmark_refuses_a_bad_shape_naming_the_form():
     result = subprocess.run([sys.executable, 'tools/benchmark.py', 'layer', '--shapes', '2,64'],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and 'N,C,H,W' in result.stderr, result.stderr
+
+
+def test_flops_count_every_exemplar_norm_layer():
+    # A trace records the layer op en_seg::exemplar_norm, not the ops it runs: without its
+    # handle an EN layer counts 0 FLOPs and EN's model looked cheaper than BN's.
+    pytest.importorskip('mmengine')
+    from torch import nn
+
+    from en_seg.models import ExemplarNorm2d
+    sys.path.insert(0, str(REPO / 'tools'))
+    try:
+        from benchmarking.flops import gflops
+    finally:
+        sys.path.remove(str(REPO / 'tools'))
+    size, c = 8, 64
+    conv = nn.Conv2d(3, c, 1, bias=False)
+    layer = ExemplarNorm2d(c)
+    k, hidden = layer.num_normalizers, layer.pi * layer.num_normalizers
+    expected = (5 * c * size * size                                 # moments, affine map
+                + k * c + hidden * k * k + k * hidden + 2 * k * c)  # coefficients
+    with_en = gflops(nn.Sequential(conv, layer), size, 'cpu')
+    assert with_en * 1e9 == pytest.approx(gflops(conv, size, 'cpu') * 1e9 + expected)

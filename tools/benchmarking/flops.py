@@ -42,6 +42,16 @@ def _exemplar_coefficients_flops(inputs, outputs) -> int:
     return n * (k * c + hidden * k * k + k * hidden) + 2 * n * k * c
 
 
+def _exemplar_norm_flops(inputs, outputs) -> int:
+    # The layer op (x (N, C, H, W), weight (K, C), bias, conv_w, fc1_w (P, K²), ...), which
+    # a trace records in place of the ops it runs: its moments, coefficients and affine map.
+    n, c, h, w = _shape(inputs[0])
+    k = _shape(inputs[1])[0]
+    hidden = _shape(inputs[4])[0]
+    coefficients = n * (k * c + hidden * k * k + k * hidden) + 2 * n * k * c
+    return 5 * n * c * h * w + coefficients
+
+
 #: FLOPs of the en_seg ops in mmengine's convention for norms (``aten::batch_norm``: 5 per
 #: element in training, 2 in inference for the affine map): 3 per element for the moments
 #: (sum, deviation, square), 2 for the affine map.
@@ -50,4 +60,5 @@ FLOP_HANDLES = {
     'en_seg::channel_affine': lambda inputs, outputs: 2 * prod(_shape(inputs[0])),
     'en_seg::exemplar_ratios': _ratio_branch_flops,
     'en_seg::exemplar_coefficients': _exemplar_coefficients_flops,
+    'en_seg::exemplar_norm': _exemplar_norm_flops,
 }
