@@ -25,31 +25,35 @@ def _shape(value):
     return get_shape(value)
 
 
-def _ratio_branch_flops(inputs, outputs) -> int:
-    # pooled (N, C), means (N, K, C), ..., fc1_w (P, K²), ..., fc2_w (K, P): the grouped
-    # convolution (K·C), the Gram matrix (K²·C/r, ignored: r = 32), fc1 (P·K²), fc2 (K·P).
-    n, k, c = _shape(inputs[1])
-    hidden = _shape(inputs[4])[0]
+def _ratio_branch_flops(n: int, c: int, k: int, hidden: int) -> int:
+    # The grouped convolution (K·C), the Gram matrix (K²·C/r, ignored: r = 32), fc1 (P·K²),
+    # fc2 (K·P), per sample.
     return n * (k * c + hidden * k * k + k * hidden)
 
 
+def _coefficient_flops(n: int, c: int, k: int, hidden: int) -> int:
+    # The ratio branch, and K multiply-adds per (n, c) for each of scale and shift.
+    return _ratio_branch_flops(n, c, k, hidden) + 2 * n * k * c
+
+
+def _exemplar_ratios_flops(inputs, outputs) -> int:
+    # pooled (N, C), means (N, K, C), ..., fc1_w (P, K²), ...
+    n, k, c = _shape(inputs[1])
+    return _ratio_branch_flops(n, c, k, _shape(inputs[4])[0])
+
+
 def _exemplar_coefficients_flops(inputs, outputs) -> int:
-    # mean (N, C), var, weight (K, C), bias, conv_w, fc1_w (P, K²), ...: the ratio branch as
-    # above, and K multiply-adds per (n, c) for each of scale and shift.
+    # mean (N, C), var, weight (K, C), bias, conv_w, fc1_w (P, K²), ...
     n, c = _shape(inputs[0])
-    k = _shape(inputs[2])[0]
-    hidden = _shape(inputs[5])[0]
-    return n * (k * c + hidden * k * k + k * hidden) + 2 * n * k * c
+    return _coefficient_flops(n, c, _shape(inputs[2])[0], _shape(inputs[5])[0])
 
 
 def _exemplar_norm_flops(inputs, outputs) -> int:
     # The layer op (x (N, C, H, W), weight (K, C), bias, conv_w, fc1_w (P, K²), ...), which
     # a trace records in place of the ops it runs: its moments, coefficients and affine map.
     n, c, h, w = _shape(inputs[0])
-    k = _shape(inputs[1])[0]
-    hidden = _shape(inputs[4])[0]
-    coefficients = n * (k * c + hidden * k * k + k * hidden) + 2 * n * k * c
-    return 5 * n * c * h * w + coefficients
+    return (5 * n * c * h * w
+            + _coefficient_flops(n, c, _shape(inputs[1])[0], _shape(inputs[4])[0]))
 
 
 #: FLOPs of the en_seg ops in mmengine's convention for norms (``aten::batch_norm``: 5 per
@@ -58,7 +62,7 @@ def _exemplar_norm_flops(inputs, outputs) -> int:
 FLOP_HANDLES = {
     'en_seg::channel_moments': lambda inputs, outputs: 3 * prod(_shape(inputs[0])),
     'en_seg::channel_affine': lambda inputs, outputs: 2 * prod(_shape(inputs[0])),
-    'en_seg::exemplar_ratios': _ratio_branch_flops,
+    'en_seg::exemplar_ratios': _exemplar_ratios_flops,
     'en_seg::exemplar_coefficients': _exemplar_coefficients_flops,
     'en_seg::exemplar_norm': _exemplar_norm_flops,
 }
