@@ -181,6 +181,23 @@ def test_gradcheck_through_the_fused_ops(cls, pool, training):
     assert torch.autograd.gradcheck(run, (x, *params))
 
 
+@pytest.mark.parametrize('cls', [ExemplarNorm2d, SwitchableNorm2d], ids=['EN', 'SN'])
+def test_a_second_derivative_is_refused_and_the_reference_gives_it(cls):
+    # Gradients are first order (the kernel ops run below autograd): under create_graph
+    # they are those of a plain backward, and differentiating them again fails, naming
+    # the way out, instead of coming out silently wrong.
+    fused, reference = pair(cls, 8)
+    x = activation((2, 8, 3, 3)).requires_grad_()
+    grads = {}
+    for name, layer in (('fused', fused), ('reference', reference)):
+        (grads[name],) = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
+    torch.testing.assert_close(grads['fused'], grads['reference'], rtol=1e-10, atol=1e-10)
+    with pytest.raises(RuntimeError, match="first derivatives only.*impl='reference'"):
+        torch.autograd.grad(grads['fused'].sum(), x)
+    (second,) = torch.autograd.grad(grads['reference'].sum(), x)
+    assert torch.isfinite(second).all()
+
+
 def exemplar_inputs(layer, x):
     """The coefficient op's arguments for an ExemplarNorm2d in its current mode."""
     mean, var = ops.channel_moments(x)

@@ -72,8 +72,9 @@ def exemplar_norm(x: Tensor, weight: Tensor, bias: Tensor, conv_w: Tensor, fc1_w
 
     Returns:
         ``(y, ratios)``: y like x (dtype and layout); the ratios λ (N, K) in the statistics'
-        dtype, not differentiable. y is differentiable in x and in the seven parameters
-        (first order).
+        dtype, not differentiable. y is differentiable in x and in the seven parameters,
+        first order: a gradient taken with ``create_graph=True`` refuses to be
+        differentiated again (RuntimeError naming ``impl='reference'``).
 
     Raises:
         RuntimeError: from the ops, naming the argument, for shapes, dtypes or devices
@@ -100,7 +101,8 @@ def switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weight: Tensor
             eps: as for :func:`exemplar_norm`; eps is added to the mixed variance.
 
     Returns:
-        y like x, differentiable in x and the four parameters (first order).
+        y like x, differentiable in x and the four parameters, first order, as for
+        :func:`exemplar_norm`.
 
     Raises:
         RuntimeError: from the ops, as for :func:`exemplar_norm`.

@@ -25,12 +25,17 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #include <initializer_list>
+#include <memory>
+#include <string>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "channel_op.h"
@@ -326,10 +331,27 @@ void save_layer(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& mea
   ctx->saved_data["batch_stats"] = batch_stats;
 }
 
+// How autograd holds its nodes: c10::intrusive_ptr in recent torch, std::shared_ptr before
+// (the GPU check builds against an older torch than ours).
+using NodeRef = std::decay_t<decltype(std::declval<const at::TensorBase&>().grad_fn())>;
+
+template <typename T, typename... Args>
+NodeRef make_node(Args&&... args) {
+  if constexpr (std::is_same_v<NodeRef, std::shared_ptr<torch::autograd::Node>>) {
+    return std::make_shared<T>(std::forward<Args>(args)...);
+  } else {
+    return c10::make_intrusive<T>(std::forward<Args>(args)...);
+  }
+}
+
 // What the backward of both apply ops shares: the layer save_layer saved, read back, the
 // one reduction pass over (dy, x), and the input gradient once the coefficients' backward
 // has given the gradients of the moments.
 struct LayerBackward {
+  // The kernel ops run below autograd: they have no autograd kernel, and the fallback
+  // would box every argument only to find that none records a graph (first_order says
+  // what a create_graph backward gets instead).
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   variable_list saved;  // x, mean, scale, saved, then the op's parameters
   std::vector<int64_t> normalizers;
   bool batch_stats;
@@ -344,6 +366,22 @@ struct LayerBackward {
         batch_stats(ctx->saved_data["batch_stats"].toBool()),
         grad_y(upstream.contiguous(activation_layout(saved[0]))) {
     std::tie(sum_dy, sum_dy_xc) = channel_affine_grad_sums(grad_y, saved[0], saved[1]);
+  }
+
+  // The layer's gradients are first order, as torch's once_differentiable makes a Python
+  // Function's: under create_graph, `grads` (dx and the parameters' gradients) get a node
+  // that refuses to be differentiated, so that a second derivative fails with this message
+  // rather than coming out silently wrong; a create_graph backward that is not
+  // differentiated again is unaffected.
+  void first_order(const char* op, const at::Tensor& upstream, variable_list& grads) const {
+    if (!torch::autograd::compute_requires_grad(upstream, saved)) return;
+    auto refuse = make_node<torch::autograd::Error>(
+        std::string(op) + ": the compiled ops give first derivatives only; differentiating "
+        "a gradient of this layer again needs its pure-PyTorch reference (impl='reference')",
+        torch::autograd::collect_next_edges(upstream, saved));
+    for (const at::Tensor& grad : grads) {
+      if (grad.defined()) torch::autograd::set_history(grad, refuse);
+    }
   }
 
   // dx, or an undefined tensor where x needs no gradient.
@@ -395,6 +433,7 @@ class ExemplarNormApply : public torch::autograd::Function<ExemplarNormApply> {
     out[9] = grad_fc1_b;
     out[10] = grad_fc2_w;
     out[11] = grad_fc2_b;
+    layer.first_order(kExemplarNormApply, grad_y, out);
     return out;
   }
 };
@@ -433,6 +472,7 @@ class SwitchableNormApply : public torch::autograd::Function<SwitchableNormApply
     out[6] = grad_bias;
     out[7] = grad_mean_weight;
     out[8] = grad_var_weight;
+    layer.first_order(kSwitchableNormApply, grad_y, out);
     return out;
   }
 };
