@@ -9,11 +9,13 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <utility>
 #include <vector>
 
 #include "coefficient_op.h"
 #include "ratio_op_cpu.h"
+#include "scratch.h"
 
 namespace en_seg {
 namespace {
@@ -112,14 +114,15 @@ void member_rows(int code, const T* m, const T* v, const T* ln, const T* bn,
 template <typename T>
 struct StatisticsGrads {
   int64_t n, c;
-  std::vector<T> buffer;  // one IN or LN row pair (2C), ln (2N), BN's rows (N, C each)
+  // One IN or LN row pair (2C), ln (2N), BN's rows (N, C each); each written before read.
+  std::unique_ptr<T[]> buffer;
   T *member, *ln, *bn_mean, *bn_var;
 
   StatisticsGrads(int64_t n, int64_t c)
       : n(n),
         c(c),
-        buffer(2 * c + 2 * n + 2 * n * c),
-        member(buffer.data()),
+        buffer(uninitialized<T>(2 * c + 2 * n + 2 * n * c)),
+        member(buffer.get()),
         ln(member + 2 * c),
         bn_mean(ln + 2 * n),
         bn_var(bn_mean + n * c) {}
@@ -208,8 +211,8 @@ void exemplar_forward(const ExemplarArgs& a, T* scale, T* shift, T* ratios, T* s
   const Pool& pool = st.pool;
   const T eps = static_cast<T>(st.eps);
   // ln (2N), bn (2C), BN's ρ (C), Σ_k β_k (C), every normalizer's mean (N, K, C).
-  std::vector<T> scratch(2 * n + 4 * c + n * k * c);
-  T* ln = scratch.data();
+  const auto scratch = uninitialized<T>(2 * n + 4 * c + n * k * c);
+  T* ln = scratch.get();
   T* bn = ln + 2 * n;
   T* bn_rstd = bn + 2 * c;
   T* beta_sum = bn_rstd + c;
@@ -287,9 +290,9 @@ void exemplar_backward(const ExemplarBackwardArgs& a, const ExemplarGradTensors&
   };
   // g_lambda (N, K), the ratio branch's gradients of pooled (N, C), means and rstds
   // (N, K, C).
-  std::vector<T> scratch(n * k + n * c + 2 * n * k * c +
-                         cpu::exemplar_ratios_backward_workspace(s));
-  T* g_lambda = scratch.data();
+  const auto scratch = uninitialized<T>(n * k + n * c + 2 * n * k * c +
+                                        cpu::exemplar_ratios_backward_workspace(s));
+  T* g_lambda = scratch.get();
   T* ratio_pooled = g_lambda + n * k;
   T* ratio_means = ratio_pooled + n * c;
   T* ratio_rstds = ratio_means + n * k * c;

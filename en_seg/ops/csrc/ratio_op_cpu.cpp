@@ -18,10 +18,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "ratio_op.h"
 #include "ratio_op_cpu.h"
+#include "scratch.h"
 
 namespace en_seg {
 namespace {
@@ -47,10 +49,10 @@ int64_t sample_grain(const Sizes& s) {
 // w (rows, cols) row-major, transposed to (cols, rows). Row by row of the result, whose
 // stores are then contiguous (faster than the other order for fc1's tall, narrow shape).
 template <typename T>
-std::vector<T> transposed(const T* w, int64_t rows, int64_t cols) {
-  std::vector<T> t(rows * cols);
+std::unique_ptr<T[]> transposed(const T* w, int64_t rows, int64_t cols) {
+  auto t = uninitialized<T>(rows * cols);
   for (int64_t j = 0; j < cols; ++j) {
-    T* row = t.data() + j * rows;
+    T* row = t.get() + j * rows;
     for (int64_t i = 0; i < rows; ++i) row[i] = w[i * cols + j];
   }
   return t;
@@ -139,11 +141,11 @@ void sample_forward(const Sizes& s, const Inputs<T>& in, const T* fc1_t, int64_t
 
 template <typename T>
 void forward_kernel(const Sizes& s, const Inputs<T>& in, T* ratios, T* activations) {
-  const std::vector<T> fc1_t = transposed(in.fc1_w, s.hidden, s.k * s.k);
+  const auto fc1_t = transposed(in.fc1_w, s.hidden, s.k * s.k);
   const int64_t row = SavedLayout(s).total;
   at::parallel_for(0, s.n, sample_grain(s), [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      sample_forward(s, in, fc1_t.data(), n, ratios + n * s.k, activations + n * row);
+      sample_forward(s, in, fc1_t.get(), n, ratios + n * s.k, activations + n * row);
     }
   });
 }
@@ -281,13 +283,13 @@ void param_grads(const Sizes& s, const BackwardInputs<T>& in, const SampleTerms<
 template <typename T>
 void backward_kernel(const Sizes& s, const BackwardInputs<T>& in, const Grads<T>& out,
                      T* workspace) {
-  const std::vector<T> fc1_t = transposed(in.fc1_w, s.hidden, s.k * s.k);
+  const auto fc1_t = transposed(in.fc1_w, s.hidden, s.k * s.k);
   const SampleTerms<T> terms{workspace, workspace + s.n * s.k,
                              workspace + s.n * (s.k + s.hidden)};
   at::parallel_for(0, s.n, sample_grain(s), [&](int64_t begin, int64_t end) {
-    std::vector<T> gz(s.c);
+    const auto gz = uninitialized<T>(s.c);
     for (int64_t n = begin; n < end; ++n) {
-      sample_backward(s, in, fc1_t.data(), n, out, terms, gz.data());
+      sample_backward(s, in, fc1_t.get(), n, out, terms, gz.get());
     }
   });
   param_grads(s, in, terms, out);
