@@ -39,13 +39,15 @@ test: $(STAMP)
 cuda-emulation: $(STAMP)
 	$(PY) -m pytest tests/test_cuda_emulation.py
 
-# Regenerates the measured tables in docs/ (and quoted in README.md) on this machine.
+# Regenerates the measured tables in docs/ (and quoted in README.md) on this machine; the
+# instruction counts need valgrind.
 benchmark: $(STAMP)
 	$(PY) tools/benchmark.py ratio --device cpu --threads 1 --clock cpu --repeats 5
 	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py layer --device cpu --threads 1 2 \
 		--doc docs/benchmark_layer_model.md
 	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py model --device cpu --threads 1 2 \
 		--doc docs/benchmark_layer_model.md
+	$(PY) tools/benchmark.py instructions --doc docs/benchmark_layer_model.md
 
 # `make cuda-build`: compiles en_seg.ops._C with its CUDA kernels and checks that every op
 # has one (tools/check_cuda_build.py); needs nvcc, no GPU. It uses a second environment,

@@ -3,6 +3,7 @@ benchmark at a tiny size, whose table carries EN's ratios to GN and BN from that
 the rewrite of one section of a results file."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,24 @@ def test_layer_benchmark_prints_ratios_from_one_run_and_rewrites_its_section(tmp
     text = doc.read_text()
     assert 'old table' not in text and summary.group(0) in text
     assert text.startswith('# Results\n\nkept above\n') and text.rstrip().endswith('kept below')
+
+
+@pytest.mark.skipif(shutil.which('valgrind') is None or shutil.which('callgrind_control') is None,
+                    reason='counting instructions needs valgrind')
+def test_instruction_counts_come_from_callgrind_runs_of_each_layer(tmp_path):
+    out = tmp_path / 'counts.md'
+    command = [sys.executable, 'tools/benchmark.py', 'instructions', '--shapes', '2,64,4,4',
+               '--variants', 'BN', 'EN', '--steps', '3', '--out', str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    row = re.search(r'^\| \(2, 64, 4, 4\) \| ([\d.]+) \| (\d+) \| (\d+) \|$', result.stdout,
+                    re.MULTILINE)
+    assert row, result.stdout
+    ratio, bn, en = float(row.group(1)), int(row.group(2)), int(row.group(3))
+    # Tens of thousands of instructions per step at least (Python, dispatch, autograd), and
+    # the ratio is that of the counts.
+    assert bn > 10 and en > 10 and abs(ratio - en / bn) < 0.01 + 0.01 * ratio
+    assert row.group(0) in out.read_text()
 
 
 def test_layer_benchmark_refuses_a_bad_shape_naming_the_form():

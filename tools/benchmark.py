@@ -18,6 +18,12 @@ tables, what they are measured against, and the targets::
     python tools/benchmark.py model --device cpu --threads 1 2 \\
         --doc docs/benchmark_layer_model.md
 
+``instructions``: the layer step's instructions at the ``small`` shapes, where its cost is
+per call, counted by valgrind's callgrind (one thread): a measure that other processes on
+a shared machine do not change::
+
+    python tools/benchmark.py instructions --doc docs/benchmark_layer_model.md
+
 On a GPU (tools/gpu_check.sh runs these), against cuDNN's BN, in float32 and bfloat16
 autocast, NCHW and channels_last, and DeepLabV3 at 512×512 (mmseg's where it is
 installed, else torchvision's; then ``layer`` and ``model`` import no OpenMMLab)::
@@ -41,7 +47,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from benchmarking import doc_section, layers, machine, model, process, ratio, report
+from benchmarking import (doc_section, instructions, layers, machine, model, process,
+                          ratio, report)
 from benchmarking.timing import CLOCKS, Timing
 from en_seg.ops import available
 
@@ -101,6 +108,19 @@ def run_model(args: argparse.Namespace) -> str:
     return text
 
 
+def run_instructions(args: argparse.Namespace) -> str:
+    require_ops('cpu')
+    instructions.require_valgrind()
+    shapes = [shape for shape_set in args.shapes for shape in shape_set]
+    cases = instructions.measure(shapes, args.variants, args.steps)
+    command = shlex.join(['python', os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    text = report.instructions_markdown(
+        cases, args.steps, report.provenance(machine.describe('cpu', 'callgrind'), command))
+    if args.doc:
+        doc_section.write_section(args.doc, 'instructions-cpu', text)
+    return text
+
+
 def _shapes(text: str):
     try:
         return layers.parse_shapes(text)
@@ -137,6 +157,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        default=['nchw'], help='input layouts (default: nchw)')
     layer.set_defaults(run=run_layer)
 
+    counts = commands.add_parser(
+        'instructions', help='EN vs BN and GN(32): one layer, forward + backward, '
+                             'instructions counted by callgrind')
+    counts.add_argument('--shapes', nargs='+', type=_shapes,
+                        default=[layers.SHAPE_SETS['small']], metavar='SET|N,C,H,W',
+                        help='input shapes, or sets of them (default: small)')
+    counts.add_argument('--variants', nargs='+',
+                        choices=[name for name, variant in layers.VARIANTS.items()
+                                 if not variant.compiled],
+                        default=['BN', 'GN(32)', 'EN'],
+                        help='layers to count, BN and EN among them (default: BN GN(32) EN)')
+    counts.add_argument('--steps', type=int, default=100,
+                        help='steps of the shorter of the two counted runs (default: 100)')
+    counts.add_argument('--out', help='also write the table to this Markdown file')
+    counts.set_defaults(run=run_instructions)
+
     segmentor = commands.add_parser(
         'model', help='DeepLabV3 R50-D8 with EN vs BN and GN(32): one training iteration, '
                       'parameters, GFLOPs')
@@ -151,7 +187,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 '(default: auto, mmseg where it is installed)')
     segmentor.set_defaults(run=run_model)
 
-    for command in (layer, segmentor):
+    for command in (layer, counts, segmentor):
         command.add_argument('--doc', type=Path,
                              help='also put the table into this Markdown file, replacing '
                                   'its section for this subcommand and device (e.g. '
@@ -178,6 +214,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fill in --threads; reject combinations that would measure nonsense."""
+    if args.command in ('layer', 'instructions'):
+        if not {'BN', 'EN'} <= set(args.variants):
+            parser.error('--variants must include BN and EN')
+        if 'GN(32)' in args.variants and any(
+                shape[1] % 32 for shape_set in args.shapes for shape in shape_set):
+            parser.error('GN(32) needs every shape\'s C divisible by 32')
+    if args.command == 'instructions':
+        if args.steps < 1:
+            parser.error('--steps must be at least 1')
+        return
     if args.threads is None:
         args.threads = [1, 2] if args.device == 'cpu' else [torch.get_num_threads()]
     if args.clock == 'cpu' and args.device != 'cpu':
@@ -185,12 +231,6 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.clock == 'cpu' and max(args.threads) > 1:
         parser.error('--clock cpu adds up the CPU time of every thread: with --threads '
                      'above 1 use --clock wall')
-    if args.command == 'layer':
-        if not {'BN', 'EN'} <= set(args.variants):
-            parser.error('--variants must include BN and EN')
-        if 'GN(32)' in args.variants and any(
-                shape[1] % 32 for shape_set in args.shapes for shape in shape_set):
-            parser.error('GN(32) needs every shape\'s C divisible by 32')
     if args.command == 'model' and not {'BN', 'EN'} <= set(args.norms):
         parser.error('--norms must include BN and EN')
 

@@ -2,6 +2,7 @@
 
 - :mod:`.timing`: the median time of a step, the lowest median over measuring rounds;
 - :mod:`.memory`: the peak tensor memory a step allocates;
+- :mod:`.instructions`: the instructions of a layer's step, counted by callgrind;
 - :mod:`.process`: this process's settings for steady timings (denormals, glibc malloc);
 - :mod:`.machine`: the line that names what the numbers were measured on;
 - :mod:`.layers`: one layer's forward + backward, EN against BN, GN(32), SN, EN's

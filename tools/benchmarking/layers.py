@@ -38,11 +38,12 @@ Shape = Tuple[int, int, int, int]
 #: Named sets of input shapes (N, C, H, W). ``standard``: a small layer, where per-call
 #: costs dominate; DeepLabV3's ASPP image pool (1×1); feature maps of 256 to 2048 channels
 #: at 16×16 to 64×64. ``large``: DeepLabV3 R50-D8 layers at 512×512 crops and a ResNet-50
-#: stage-1 layer at batch 16.
+#: stage-1 layer at batch 16. ``small``: the standard shapes whose cost is per-call.
 SHAPE_SETS: Dict[str, Tuple[Shape, ...]] = {
     'standard': ((2, 64, 8, 8), (2, 512, 1, 1), (2, 256, 32, 32), (2, 512, 32, 32),
                  (2, 2048, 16, 16), (2, 256, 64, 64)),
     'large': ((2, 256, 128, 128), (2, 512, 64, 64), (2, 2048, 64, 64), (16, 64, 56, 56)),
+    'small': ((2, 64, 8, 8), (2, 512, 1, 1)),
 }
 
 #: Input dtypes: float32, or bfloat16 activations and gradients with the forward under

@@ -5,14 +5,19 @@ import platform
 import torch
 
 
+#: What each measure is, as the line names it.
+MEASURES = {'wall': 'wall clock', 'cpu': 'cpu clock',
+            'callgrind': 'instructions counted by callgrind'}
+
+
 def describe(device: str, clock: str) -> str:
     """torch's version, and the GPU's name, or the CPU's model with its logical CPUs and the
-    clock ('wall' or 'cpu'), e.g. 'torch 2.13.0+cpu, Intel(R) Xeon(R) Processor (2 logical
-    CPUs), wall clock'."""
+    measure (a :data:`MEASURES` key), e.g. 'torch 2.13.0+cpu, Intel(R) Xeon(R) Processor (2
+    logical CPUs), wall clock'."""
     if device == 'cuda':
         where = torch.cuda.get_device_name()
     else:
-        where = f'{cpu_model()} ({os.cpu_count()} logical CPUs), {clock} clock'
+        where = f'{cpu_model()} ({os.cpu_count()} logical CPUs), {MEASURES[clock]}'
     return f'torch {torch.__version__}, {where}'
 
 

@@ -6,6 +6,7 @@ import datetime
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
+from .instructions import InstructionCase
 from .layers import Case
 from .model import DEEPLAB_CONFIG, NUM_CLASSES, ModelRun
 from .ratio import RatioCase
@@ -186,4 +187,31 @@ def ratio_markdown(cases: Sequence[RatioCase], device: str, machine: str) -> str
         reference, op = case.seconds['reference'], case.seconds['op']
         lines.append(f'| {case.threads} | {case.n} | {case.c} | {reference * 1e6:.1f} | '
                      f'{op * 1e6:.1f} | {reference / op:.2f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def instructions_markdown(cases: Sequence[InstructionCase], steps: int,
+                          header: str) -> str:
+    """The ``instructions`` results (:func:`.instructions.measure`): EN's ratios per shape
+    and every layer's instructions per step."""
+    names = list(cases[0].instructions) if cases else []
+    baselines = [name for name in BASELINES if name in names]
+    lines = [
+        '### One layer, forward + backward: instructions (cpu)', '', header, '',
+        'Instructions per forward + backward (gradients of the input and every parameter), '
+        'training mode, float32 NCHW input, one thread, counted by valgrind\'s callgrind: '
+        f'the difference of a {2 * steps}-step and a {steps}-step run, over {steps}. A '
+        'measure of fixed costs, which other processes do not change; not of time where '
+        'the step is memory-bound.',
+        '',
+        '| shape (N, C, H, W) | ' + ' | '.join(f'EN / {name}' for name in baselines) + ' | '
+        + ' | '.join(f'{name} (thousands)' for name in names) + ' |',
+        '|---|' + '---:|' * (len(baselines) + len(names)),
+    ]
+    for case in cases:
+        en = case.instructions['EN']
+        lines.append(f'| {case.shape} | '
+                     + ' | '.join(ratio_text(en, case.instructions[name]) for name in baselines)
+                     + ' | ' + ' | '.join(f'{case.instructions[name] / 1e3:.0f}'
+                                          for name in names) + ' |')
     return '\n'.join(lines) + '\n'
