@@ -86,8 +86,9 @@ cuda-build: $(CUDA_STAMP)
 # (configs/exemplar_norm/resnet50-v1c_*_in1k.py) that starts a segmentation run, on the CPU.
 # mmpretrain imports torchvision, and PyPI's torchvision for torch 2.13.0 is a CUDA build,
 # which fails to import beside the CPU torch of $(VENV): so these tests run in $(CUDA_VENV),
-# with the en-seg wheel of cuda-build, from outside the checkout (so that en_seg is that
-# wheel). pip reuses the mmcv wheel that `make install` built (its cache); `make test`
+# with the en-seg wheel of cuda-build, from an empty folder outside the checkout (so that
+# en_seg is that wheel, and no stray module in the working directory, e.g. a py.py in /tmp,
+# shadows an installed one). pip reuses the mmcv wheel that `make install` built (its cache); `make test`
 # skips these tests, naming this target.
 PRETRAIN_STAMP := $(CUDA_VENV)/.openmmlab-installed
 
@@ -98,4 +99,5 @@ $(PRETRAIN_STAMP): $(CUDA_STAMP)
 	touch $@
 
 test-pretrain: cuda-build $(PRETRAIN_STAMP)
-	cd /tmp && $(abspath $(CUDA_PY)) -m pytest -p no:cacheprovider $(CURDIR)/tests/test_pretraining.py
+	cd "$$(mktemp -d)" && $(abspath $(CUDA_PY)) -m pytest -p no:cacheprovider \
+		$(CURDIR)/tests/test_pretraining.py
