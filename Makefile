@@ -88,8 +88,8 @@ cuda-build: $(CUDA_STAMP)
 # which fails to import beside the CPU torch of $(VENV): so these tests run in $(CUDA_VENV),
 # with the en-seg wheel of cuda-build, from an empty folder outside the checkout (so that
 # en_seg is that wheel, and no stray module in the working directory, e.g. a py.py in /tmp,
-# shadows an installed one). pip reuses the mmcv wheel that `make install` built (its cache); `make test`
-# skips these tests, naming this target.
+# shadows an installed one). pip reuses the mmcv wheel that `make install` built (its
+# cache); `make test` skips these tests, naming this target.
 PRETRAIN_STAMP := $(CUDA_VENV)/.openmmlab-installed
 
 $(PRETRAIN_STAMP): $(CUDA_STAMP)

@@ -113,9 +113,7 @@ def run_instructions(args: argparse.Namespace) -> str:
     instructions.require_valgrind()
     shapes = [shape for shape_set in args.shapes for shape in shape_set]
     cases = instructions.measure(shapes, args.variants, args.steps)
-    command = shlex.join(['python', os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
-    text = report.instructions_markdown(
-        cases, args.steps, report.provenance(machine.describe('cpu', 'callgrind'), command))
+    text = report.instructions_markdown(cases, args.steps, header(args))
     if args.doc:
         doc_section.write_section(args.doc, 'instructions-cpu', text)
     return text
@@ -171,7 +169,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     counts.add_argument('--steps', type=int, default=100,
                         help='steps of the shorter of the two counted runs (default: 100)')
     counts.add_argument('--out', help='also write the table to this Markdown file')
-    counts.set_defaults(run=run_instructions)
+    # One thread on the CPU, counted: what header() names.
+    counts.set_defaults(run=run_instructions, device='cpu', clock='callgrind')
 
     segmentor = commands.add_parser(
         'model', help='DeepLabV3 R50-D8 with EN vs BN and GN(32): one training iteration, '
