@@ -27,7 +27,7 @@ using coef::Stat;
 // channel (C means, then C variances): the batch's, folded into the running statistics
 // when the forward updates them, or the running ones.
 template <typename T>
-void merged_statistics(const StatisticsArgs& a, T* ln, T* bn) {
+EN_SEG_INLINE void merged_statistics(const StatisticsArgs& a, T* ln, T* bn) {
   const T* m = a.mean.const_data_ptr<T>();
   const T* v = a.var.const_data_ptr<T>();
   const int64_t n = a.n, c = a.c;
@@ -91,7 +91,7 @@ void merged_statistics(const StatisticsArgs& a, T* ln, T* bn) {
 // Normalizer `code`'s mean and ρ along the channels of sample i: IN's are the sample's
 // moments, LN's one value, BN's the channels' (bn_rstd holds BN's ρ).
 template <typename T>
-void member_rows(int code, const T* m, const T* v, const T* ln, const T* bn,
+EN_SEG_INLINE void member_rows(int code, const T* m, const T* v, const T* ln, const T* bn,
                  const T* bn_rstd, int64_t n, int64_t c, int64_t i, T eps, T* mean_row,
                  T* rstd_row) {
   if (code == coef::kIN) {
@@ -135,7 +135,7 @@ struct StatisticsGrads {
 
   // Takes the rows just written for normalizer `code` of sample i; gm, gv are the sample's
   // rows of the gradients of m and s. A pool has LN at most once: its sums start at 0.
-  void fold(int code, int64_t i, T* gm, T* gv) {
+  EN_SEG_INLINE void fold(int code, int64_t i, T* gm, T* gv) {
     const T* mu_row = member;
     const T* var_row = member + c;
     if (code == coef::kIN) {
@@ -161,7 +161,7 @@ struct StatisticsGrads {
   // to each mean. d_LN = m - μ_LN of sample i is ln_centred(i) (C values), d_BN
   // bn_centred(i); BN takes a gradient on batch statistics only.
   template <typename LnCentred, typename BnCentred>
-  void merge(const Pool& pool, bool batch_stats, const LnCentred& ln_centred,
+  EN_SEG_INLINE void merge(const Pool& pool, bool batch_stats, const LnCentred& ln_centred,
              const BnCentred& bn_centred, T* g_mean, T* g_var) const {
     if (pool.ln >= 0) {
       for (int64_t i = 0; i < n; ++i) {
@@ -204,6 +204,7 @@ struct StatisticsGrads {
 // EN
 
 template <typename T>
+EN_SEG_CPU_DISPATCH
 void exemplar_forward(const ExemplarArgs& a, T* scale, T* shift, T* ratios, T* saved) {
   const StatisticsArgs& st = a.stats;
   const ratio::Sizes& s = a.sizes;
@@ -273,6 +274,7 @@ void exemplar_forward(const ExemplarArgs& a, T* scale, T* shift, T* ratios, T* s
 }
 
 template <typename T>
+EN_SEG_CPU_DISPATCH
 void exemplar_backward(const ExemplarBackwardArgs& a, const ExemplarGradTensors& grads) {
   const ratio::Sizes& s = a.sizes;
   const int64_t n = s.n, c = s.c, k = s.k;
@@ -397,7 +399,7 @@ ExemplarGradTensors exemplar_coefficients_backward_cpu(const ExemplarBackwardArg
 // Normalizer `code`'s mean and variance along the channels of sample i (LN's constant
 // rows written into `ln_rows`, 2C values).
 template <typename T>
-std::pair<const T*, const T*> stat_rows(int code, const T* m, const T* v, const T* ln,
+EN_SEG_INLINE std::pair<const T*, const T*> stat_rows(int code, const T* m, const T* v, const T* ln,
                                         const T* bn, int64_t n, int64_t c, int64_t i,
                                         T* ln_rows) {
   if (code == coef::kIN) return {m + i * c, v + i * c};
@@ -408,6 +410,7 @@ std::pair<const T*, const T*> stat_rows(int code, const T* m, const T* v, const 
 }
 
 template <typename T>
+EN_SEG_CPU_DISPATCH
 void switchable_forward(const SwitchableArgs& a, T* scale, T* shift, T* saved) {
   const StatisticsArgs& st = a.stats;
   const int64_t n = st.n, c = st.c;
@@ -456,6 +459,7 @@ void switchable_forward(const SwitchableArgs& a, T* scale, T* shift, T* saved) {
 }
 
 template <typename T>
+EN_SEG_CPU_DISPATCH
 void switchable_backward(const SwitchableBackwardArgs& a, const SwitchableGradTensors& grads) {
   const int64_t n = a.n, c = a.c;
   const Pool& pool = a.pool;

@@ -29,10 +29,12 @@
 
 #include "simd.h"
 
+// On the host these are inlined into every caller, so that in the CPU kernels' clones
+// (EN_SEG_CPU_DISPATCH, simd.h) they are compiled for the clone's instruction set.
 #if defined(__CUDACC__)
 #define EN_SEG_HOST_DEVICE __host__ __device__ inline
 #else
-#define EN_SEG_HOST_DEVICE inline
+#define EN_SEG_HOST_DEVICE EN_SEG_INLINE
 #endif
 
 namespace en_seg {

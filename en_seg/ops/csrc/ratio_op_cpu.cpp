@@ -62,6 +62,7 @@ std::unique_ptr<T[]> transposed(const T* w, int64_t rows, int64_t cols) {
 // time: a single vectorized sum waits on each of its adds in turn. A block past `count`
 // repeats row count - 1 and is dropped.
 template <typename T>
+EN_SEG_CPU_DISPATCH
 void dot_rows(const T* rows, int count, const T* x, int64_t len, T* out) {
   for (int j0 = 0; j0 < count; j0 += 4) {
     const T* row[4];
@@ -82,6 +83,7 @@ void dot_rows(const T* rows, int count, const T* x, int64_t len, T* out) {
 // y[i] += Σ_j a[j] rows[j][i] for i < len over the `count` rows of `rows`, `stride` apart:
 // up to four rows per pass over y, which saves a load and a store of y per row.
 template <typename T>
+EN_SEG_CPU_DISPATCH
 void add_rows(const T* rows, int64_t stride, int count, const T* a, int64_t len, T* y) {
   int j = 0;
   for (; j + 4 <= count; j += 4) {
@@ -113,6 +115,7 @@ void add_rows(const T* rows, int64_t stride, int count, const T* a, int64_t len,
 // Sample n's ratios (K) and its row of activations (SavedLayout). fc1_t is fc1_w
 // transposed.
 template <typename T>
+EN_SEG_CPU_DISPATCH
 void sample_forward(const Sizes& s, const Inputs<T>& in, const T* fc1_t, int64_t n, T* ratios,
                     T* saved) {
   const SavedLayout layout(s);
@@ -165,7 +168,7 @@ struct SampleTerms {
 // channels, with gz_g = (S z_g)_k spread over group g's channels in `gz` (C), since short
 // loops over the r channels of a group cost more in overhead than in arithmetic.
 template <typename T>
-void statistics_backward(const Sizes& s, const T* centred, const T* rstds, const T* conv_w,
+EN_SEG_INLINE void statistics_backward(const Sizes& s, const T* centred, const T* rstds, const T* conv_w,
                          const T* sym, const T* z, T* gz, T* g_pooled, T* g_means,
                          T* g_rstds, T* g_conv_w) {
   std::fill(g_pooled, g_pooled + s.c, T(0));
@@ -195,6 +198,7 @@ void statistics_backward(const Sizes& s, const T* centred, const T* rstds, const
 // Writes sample n's input gradients and its rows of `terms`. fc1_t is fc1_w transposed; gz
 // is scratch for C values.
 template <typename T>
+EN_SEG_CPU_DISPATCH
 void sample_backward(const Sizes& s, const BackwardInputs<T>& in, const T* fc1_t, int64_t n,
                      const Grads<T>& out, const SampleTerms<T>& terms, T* gz) {
   const SavedLayout layout(s);
