@@ -2,10 +2,11 @@
 // and their backward ops) and the CPU registration of the apply ops (coefficient_op.cpp).
 //
 // Everything is (N, C) work, small next to a pass over X: loops along the channels, a
-// normalizer at a time, on the calling thread. EN runs the ratio branch through the ratio
-// op's own CPU kernel (ratio_op_cpu.h, which spreads samples over threads) on the
-// statistics laid out as that kernel reads them. Every sum runs in an order fixed by the
-// shape, so results do not depend on the number of threads.
+// normalizer at a time, on the calling thread, compiled per instruction set (simd.h). EN
+// runs the ratio branch through the ratio op's own CPU kernel (ratio_op_cpu.h, which
+// spreads samples over threads) on the statistics laid out as that kernel reads them.
+// Every sum runs in an order fixed by the shape, so results do not depend on the number of
+// threads.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -27,7 +28,8 @@ using coef::Stat;
 // channel (C means, then C variances): the batch's, folded into the running statistics
 // when the forward updates them, or the running ones.
 template <typename T>
-EN_SEG_INLINE void merged_statistics(const StatisticsArgs& a, T* ln, T* bn) {
+EN_SEG_INLINE
+void merged_statistics(const StatisticsArgs& a, T* ln, T* bn) {
   const T* m = a.mean.const_data_ptr<T>();
   const T* v = a.var.const_data_ptr<T>();
   const int64_t n = a.n, c = a.c;
@@ -91,7 +93,8 @@ EN_SEG_INLINE void merged_statistics(const StatisticsArgs& a, T* ln, T* bn) {
 // Normalizer `code`'s mean and ρ along the channels of sample i: IN's are the sample's
 // moments, LN's one value, BN's the channels' (bn_rstd holds BN's ρ).
 template <typename T>
-EN_SEG_INLINE void member_rows(int code, const T* m, const T* v, const T* ln, const T* bn,
+EN_SEG_INLINE
+void member_rows(int code, const T* m, const T* v, const T* ln, const T* bn,
                  const T* bn_rstd, int64_t n, int64_t c, int64_t i, T eps, T* mean_row,
                  T* rstd_row) {
   if (code == coef::kIN) {
@@ -135,7 +138,8 @@ struct StatisticsGrads {
 
   // Takes the rows just written for normalizer `code` of sample i; gm, gv are the sample's
   // rows of the gradients of m and s. A pool has LN at most once: its sums start at 0.
-  EN_SEG_INLINE void fold(int code, int64_t i, T* gm, T* gv) {
+  EN_SEG_INLINE
+  void fold(int code, int64_t i, T* gm, T* gv) {
     const T* mu_row = member;
     const T* var_row = member + c;
     if (code == coef::kIN) {
@@ -161,7 +165,8 @@ struct StatisticsGrads {
   // to each mean. d_LN = m - μ_LN of sample i is ln_centred(i) (C values), d_BN
   // bn_centred(i); BN takes a gradient on batch statistics only.
   template <typename LnCentred, typename BnCentred>
-  EN_SEG_INLINE void merge(const Pool& pool, bool batch_stats, const LnCentred& ln_centred,
+  EN_SEG_INLINE
+  void merge(const Pool& pool, bool batch_stats, const LnCentred& ln_centred,
              const BnCentred& bn_centred, T* g_mean, T* g_var) const {
     if (pool.ln >= 0) {
       for (int64_t i = 0; i < n; ++i) {
@@ -399,7 +404,8 @@ ExemplarGradTensors exemplar_coefficients_backward_cpu(const ExemplarBackwardArg
 // Normalizer `code`'s mean and variance along the channels of sample i (LN's constant
 // rows written into `ln_rows`, 2C values).
 template <typename T>
-EN_SEG_INLINE std::pair<const T*, const T*> stat_rows(int code, const T* m, const T* v, const T* ln,
+EN_SEG_INLINE
+std::pair<const T*, const T*> stat_rows(int code, const T* m, const T* v, const T* ln,
                                         const T* bn, int64_t n, int64_t c, int64_t i,
                                         T* ln_rows) {
   if (code == coef::kIN) return {m + i * c, v + i * c};

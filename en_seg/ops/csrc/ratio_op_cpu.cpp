@@ -168,7 +168,8 @@ struct SampleTerms {
 // channels, with gz_g = (S z_g)_k spread over group g's channels in `gz` (C), since short
 // loops over the r channels of a group cost more in overhead than in arithmetic.
 template <typename T>
-EN_SEG_INLINE void statistics_backward(const Sizes& s, const T* centred, const T* rstds, const T* conv_w,
+EN_SEG_INLINE
+void statistics_backward(const Sizes& s, const T* centred, const T* rstds, const T* conv_w,
                          const T* sym, const T* z, T* gz, T* g_pooled, T* g_means,
                          T* g_rstds, T* g_conv_w) {
   std::fill(g_pooled, g_pooled + s.c, T(0));
