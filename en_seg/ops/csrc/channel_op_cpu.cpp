@@ -24,7 +24,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -120,46 +119,14 @@ struct PerElement {
 constexpr int64_t kLanes = 64;
 constexpr int64_t kLaneRows = 4 * kLanes;
 
-// The kLanes partial sums as GCC vectors of 64 bytes, which every clone of a row loop keeps
-// in registers of its instruction set. Kept in an array instead, the tree stored vectors
-// and loaded narrower parts of them back, loads the CPU cannot forward from the store: on
-// rows of a few hundred values that cost more than the sums themselves.
+// Adds the kLanes values of `lanes` pairwise into lanes[0].
 template <typename acc_t>
-struct Lanes {
-  static constexpr int kBytes = 64;
-  static constexpr int64_t kWidth = kBytes / sizeof(acc_t);
-  static constexpr int64_t kVectors = kLanes / kWidth;
-  typedef acc_t Vector __attribute__((vector_size(kBytes)));
-
-  Vector v[kVectors] = {};
-
-  // The kWidth values at x (no alignment needed) into `out`. An out-parameter: a function
-  // returning a 64-byte vector by value has no single ABI across the clones (-Wpsabi).
-  EN_SEG_INLINE static void load(const acc_t* x, Vector& out) { std::memcpy(&out, x, kBytes); }
-
-  // The sum of all lanes by the tree: lane j += lane j + width for width = kLanes / 2, ...,
-  // 1; the halvings across vectors first, then inside the last one.
-  EN_SEG_INLINE acc_t sum() {
-    for (int64_t width = kVectors / 2; width >= 1; width /= 2) {
-      for (int64_t k = 0; k < width; ++k) v[k] += v[k + width];
-    }
-    return sum_halves<kBytes>(v[0]);
+EN_SEG_INLINE void fold_lanes(acc_t* lanes) {
+  for (int64_t width = kLanes / 2; width >= 1; width /= 2) {
+    EN_SEG_SIMD
+    for (int64_t j = 0; j < width; ++j) lanes[j] += lanes[j + width];
   }
-
- private:
-  template <int kPart, typename Part>
-  EN_SEG_INLINE static acc_t sum_halves(const Part& part) {
-    if constexpr (kPart == 2 * sizeof(acc_t)) {
-      return part[0] + part[1];
-    } else {
-      typedef acc_t Half __attribute__((vector_size(kPart / 2)));
-      Half low, high;
-      std::memcpy(&low, &part, kPart / 2);
-      std::memcpy(&high, reinterpret_cast<const char*>(&part) + kPart / 2, kPart / 2);
-      return sum_halves<kPart / 2>(Half(low + high));
-    }
-  }
-};
+}
 
 // ---------------------------------------------------------------------------------------
 // channel_moments
@@ -175,17 +142,14 @@ Moments<acc_t> block_moments(const acc_t* x, int64_t len) {
     EN_SEG_SIMD_SUM(sum)
     for (int64_t i = 0; i < len; ++i) sum += x[i];
   } else {
-    using L = Lanes<acc_t>;
-    L lanes;
+    acc_t lanes[kLanes] = {};
     const int64_t body = len - len % kLanes;
     for (int64_t i = 0; i < body; i += kLanes) {
-      for (int64_t k = 0; k < L::kVectors; ++k) {
-        typename L::Vector xv;
-        L::load(x + i + k * L::kWidth, xv);
-        lanes.v[k] += xv;
-      }
+      EN_SEG_SIMD
+      for (int64_t j = 0; j < kLanes; ++j) lanes[j] += x[i + j];
     }
-    sum = lanes.sum();
+    fold_lanes(lanes);
+    sum = lanes[0];
     for (int64_t i = body; i < len; ++i) sum += x[i];
   }
   const acc_t mean = sum / acc_t(len);
@@ -197,20 +161,20 @@ Moments<acc_t> block_moments(const acc_t* x, int64_t len) {
       residual += d;
     }
   } else {
-    using L = Lanes<acc_t>;
-    L squares, deviations;
+    acc_t squares[kLanes] = {}, deviations[kLanes] = {};
     const int64_t body = len - len % kLanes;
     for (int64_t i = 0; i < body; i += kLanes) {
-      for (int64_t k = 0; k < L::kVectors; ++k) {
-        typename L::Vector d;
-        L::load(x + i + k * L::kWidth, d);
-        d -= mean;
-        squares.v[k] += d * d;
-        deviations.v[k] += d;
+      EN_SEG_SIMD
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const acc_t d = x[i + j] - mean;
+        squares[j] += d * d;
+        deviations[j] += d;
       }
     }
-    m2 = squares.sum();
-    residual = deviations.sum();
+    fold_lanes(squares);
+    fold_lanes(deviations);
+    m2 = squares[0];
+    residual = deviations[0];
     for (int64_t i = body; i < len; ++i) {
       const acc_t d = x[i] - mean;
       m2 += d * d;
@@ -551,20 +515,19 @@ void block_grad_sums(const acc_t* dy, const acc_t* x, int64_t len, acc_t center,
   acc_t block_s = 0, block_p = 0;
   int64_t start = 0;
   if (len >= kLaneRows) {
-    using L = Lanes<acc_t>;
-    L s, p;
+    acc_t s[kLanes] = {}, p[kLanes] = {};
     start = len - len % kLanes;
     for (int64_t i = 0; i < start; i += kLanes) {
-      for (int64_t k = 0; k < L::kVectors; ++k) {
-        typename L::Vector g, xv;
-        L::load(dy + i + k * L::kWidth, g);
-        L::load(x + i + k * L::kWidth, xv);
-        s.v[k] += g;
-        p.v[k] += g * (xv - center);
+      EN_SEG_SIMD
+      for (int64_t j = 0; j < kLanes; ++j) {
+        s[j] += dy[i + j];
+        p[j] += dy[i + j] * (x[i + j] - center);
       }
     }
-    block_s = s.sum();
-    block_p = p.sum();
+    fold_lanes(s);
+    fold_lanes(p);
+    block_s = s[0];
+    block_p = p[0];
   }
   EN_SEG_SIMD_SUM(block_s, block_p)
   for (int64_t i = start; i < len; ++i) {
