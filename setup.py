@@ -77,10 +77,13 @@ def _extension():
     # at::parallel_for runs serially unless the including file is built with OpenMP;
     # libtorch on Linux ships and loads the same libgomp.
     openmp = ['-fopenmp'] if sys.platform.startswith('linux') else []
-    # -fno-trapping-math, as torch's own build: no kernel reads floating-point exception
-    # flags, and without it GCC will not vectorize loops with a select, such as the ratio
-    # op's tanh (csrc/ratio_math.h); results are unchanged.
-    cxx_flags = ['-O3', '-fno-trapping-math'] + openmp
+    # -fno-trapping-math and -fno-math-errno, as torch's own build: no kernel reads
+    # floating-point exception flags or errno. Without the first GCC will not vectorize
+    # loops with a select, such as the ratio op's tanh (csrc/ratio_math.h); without the
+    # second every sqrt is a scalar instruction with a branch to libm's errno path, so
+    # loops of 1 / sqrt(var + eps) run one value at a time. Results are unchanged: sqrt and
+    # division are correctly rounded either way.
+    cxx_flags = ['-O3', '-fno-trapping-math', '-fno-math-errno'] + openmp
     if not _build_cuda():
         return CppExtension('en_seg.ops._C', sources,
                             extra_compile_args={'cxx': cxx_flags}, extra_link_args=openmp)
