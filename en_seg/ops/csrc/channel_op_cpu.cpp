@@ -119,13 +119,25 @@ struct PerElement {
 constexpr int64_t kLanes = 64;
 constexpr int64_t kLaneRows = 4 * kLanes;
 
-// Adds the kLanes values of `lanes` pairwise into lanes[0].
+// Below this many lanes the fold goes on in scalar registers: halving a stored vector by
+// loads of its narrower parts makes loads the CPU cannot forward from the store, which on
+// rows of a few hundred values cost more than the sums.
+constexpr int64_t kScalarLanes = 16;
+
+// The sum of the kLanes values of `lanes` (overwritten), pairwise: lane j gets lane
+// j + width for width = kLanes / 2, ..., 1.
 template <typename acc_t>
-EN_SEG_INLINE void fold_lanes(acc_t* lanes) {
-  for (int64_t width = kLanes / 2; width >= 1; width /= 2) {
+EN_SEG_INLINE acc_t fold_lanes(acc_t* lanes) {
+  for (int64_t width = kLanes / 2; width >= kScalarLanes; width /= 2) {
     EN_SEG_SIMD
     for (int64_t j = 0; j < width; ++j) lanes[j] += lanes[j + width];
   }
+  acc_t tail[kScalarLanes / 2];
+  for (int64_t j = 0; j < kScalarLanes / 2; ++j) tail[j] = lanes[j] + lanes[j + kScalarLanes / 2];
+  for (int64_t width = kScalarLanes / 4; width >= 1; width /= 2) {
+    for (int64_t j = 0; j < width; ++j) tail[j] += tail[j + width];
+  }
+  return tail[0];
 }
 
 // ---------------------------------------------------------------------------------------
@@ -148,8 +160,7 @@ Moments<acc_t> block_moments(const acc_t* x, int64_t len) {
       EN_SEG_SIMD
       for (int64_t j = 0; j < kLanes; ++j) lanes[j] += x[i + j];
     }
-    fold_lanes(lanes);
-    sum = lanes[0];
+    sum = fold_lanes(lanes);
     for (int64_t i = body; i < len; ++i) sum += x[i];
   }
   const acc_t mean = sum / acc_t(len);
@@ -171,10 +182,8 @@ Moments<acc_t> block_moments(const acc_t* x, int64_t len) {
         deviations[j] += d;
       }
     }
-    fold_lanes(squares);
-    fold_lanes(deviations);
-    m2 = squares[0];
-    residual = deviations[0];
+    m2 = fold_lanes(squares);
+    residual = fold_lanes(deviations);
     for (int64_t i = body; i < len; ++i) {
       const acc_t d = x[i] - mean;
       m2 += d * d;
@@ -524,10 +533,8 @@ void block_grad_sums(const acc_t* dy, const acc_t* x, int64_t len, acc_t center,
         p[j] += dy[i + j] * (x[i + j] - center);
       }
     }
-    fold_lanes(s);
-    fold_lanes(p);
-    block_s = s[0];
-    block_p = p[0];
+    block_s = fold_lanes(s);
+    block_p = fold_lanes(p);
   }
   EN_SEG_SIMD_SUM(block_s, block_p)
   for (int64_t i = start; i < len; ++i) {
