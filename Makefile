@@ -45,6 +45,8 @@ benchmark: $(STAMP)
 	$(PY) tools/benchmark.py ratio --device cpu --threads 1 --clock cpu --repeats 5
 	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py layer --device cpu --threads 1 2 \
 		--doc docs/benchmark_layer_model.md
+	$(PY) tools/benchmark.py passes --device cpu --threads 1 2 \
+		--doc docs/benchmark_layer_model.md
 	KINETO_LOG_LEVEL=5 $(PY) tools/benchmark.py model --device cpu --threads 1 2 \
 		--doc docs/benchmark_layer_model.md
 	$(PY) tools/benchmark.py instructions --doc docs/benchmark_layer_model.md

@@ -40,6 +40,32 @@ def test_layer_benchmark_prints_ratios_from_one_run_and_rewrites_its_section(tmp
     assert text.startswith('# Results\n\nkept above\n') and text.rstrip().endswith('kept below')
 
 
+def test_passes_benchmark_sets_en_passes_against_group_norm_kernels(tmp_path):
+    out = tmp_path / 'passes.md'
+    command = [sys.executable, 'tools/benchmark.py', 'passes', '--device', 'cpu', '--threads',
+               '1', '--repeats', '1', '--min-run-time', '0.01', '--shapes', '2,64,4,4',
+               '--out', str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = re.search(r'^\| 1 \| \(2, 64, 4, 4\) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) '
+                        r'\| (-?\d+) \| (-?\d+) \|$', result.stdout, re.MULTILINE)
+    steps = re.search(r'^\| 1 \| \(2, 64, 4, 4\)((?: \| \d+){6}) \|$', result.stdout,
+                      re.MULTILINE)
+    assert summary and steps, result.stdout
+    assert all(float(ratio) > 0 for ratio in summary.groups()[:3])
+    en, gn, en_fwd, en_bwd, gn_fwd, gn_bwd = (int(v) for v in steps.group(1).split('|')[1:])
+    # Each column is the ratio (difference) of the steps printed beside it.
+    assert int(summary.group(4)) == pytest.approx(en - en_fwd - en_bwd, abs=2)
+    assert int(summary.group(5)) == pytest.approx(gn - gn_fwd - gn_bwd, abs=2)
+    assert summary.group(0) in out.read_text()
+
+
+def test_passes_benchmark_refuses_a_shape_group_norm_cannot_take():
+    result = subprocess.run([sys.executable, 'tools/benchmark.py', 'passes', '--shapes',
+                             '2,48,4,4'], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and 'divisible by 32' in result.stderr, result.stderr
+
+
 @pytest.mark.skipif(shutil.which('valgrind') is None or shutil.which('callgrind_control') is None,
                     reason='counting instructions needs valgrind')
 def test_instruction_counts_come_from_callgrind_runs_of_each_layer(tmp_path):

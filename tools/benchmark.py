@@ -18,6 +18,13 @@ tables, what they are measured against, and the targets::
     python tools/benchmark.py model --device cpu --threads 1 2 \\
         --doc docs/benchmark_layer_model.md
 
+``passes``: where EN's layer time goes at the same shapes: its passes over X (the channel
+ops, below autograd) against GroupNorm's ATen kernels, the whole layers, and what each
+layer spends beyond its passes::
+
+    python tools/benchmark.py passes --device cpu --threads 1 2 \\
+        --doc docs/benchmark_layer_model.md
+
 ``instructions``: the layer step's instructions at the ``small`` shapes, where its cost is
 per call, counted by valgrind's callgrind (one thread): a measure that other processes on
 a shared machine do not change::
@@ -47,8 +54,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from benchmarking import (doc_section, instructions, layers, machine, model, process,
-                          ratio, report)
+from benchmarking import (doc_section, instructions, layers, machine, model, passes,
+                          process, ratio, report)
 from benchmarking.timing import CLOCKS, Timing
 from en_seg.ops import available
 
@@ -95,6 +102,17 @@ def run_layer(args: argparse.Namespace) -> str:
     return text
 
 
+def run_passes(args: argparse.Namespace) -> str:
+    require_ops(args.device)
+    process.steady(args.device)
+    shapes = [shape for shape_set in args.shapes for shape in shape_set]
+    cases = passes.measure(shapes, args.device, args.threads, timing(args))
+    text = report.passes_markdown(cases, args.device, timing(args), header(args))
+    if args.doc:
+        doc_section.write_section(args.doc, f'passes-{args.device}', text)
+    return text
+
+
 def run_model(args: argparse.Namespace) -> str:
     require_ops(args.device)
     process.steady(args.device)
@@ -126,6 +144,13 @@ def _shapes(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _add_shapes(command: argparse.ArgumentParser, default: str) -> None:
+    command.add_argument('--shapes', nargs='+', type=_shapes,
+                         default=[layers.SHAPE_SETS[default]], metavar='SET|N,C,H,W',
+                         help=f'input shapes, or sets of them: {", ".join(layers.SHAPE_SETS)} '
+                              f'(default: {default})')
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Speed and memory benchmarks of en-seg')
     commands = parser.add_subparsers(dest='command', required=True)
@@ -140,11 +165,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     layer = commands.add_parser(
         'layer', help='EN vs BN, GN(32), SN, its reference and the compiled reference: one '
                       'layer, forward + backward')
-    layer.add_argument('--shapes', nargs='+', type=_shapes,
-                       default=[layers.SHAPE_SETS['standard']],
-                       metavar='SET|N,C,H,W',
-                       help=f'input shapes, or sets of them: {", ".join(layers.SHAPE_SETS)} '
-                            '(default: standard)')
+    _add_shapes(layer, 'standard')
     layer.add_argument('--variants', nargs='+', choices=tuple(layers.VARIANTS),
                        default=list(layers.VARIANTS),
                        help='layers to measure, BN and EN among them (default: all)')
@@ -155,12 +176,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                        default=['nchw'], help='input layouts (default: nchw)')
     layer.set_defaults(run=run_layer)
 
+    split = commands.add_parser(
+        'passes', help="EN's passes over X vs GroupNorm's kernels, and each layer's time "
+                       'beyond them')
+    _add_shapes(split, 'standard')
+    split.set_defaults(run=run_passes)
+
     counts = commands.add_parser(
         'instructions', help='EN vs BN and GN(32): one layer, forward + backward, '
                              'instructions counted by callgrind')
-    counts.add_argument('--shapes', nargs='+', type=_shapes,
-                        default=[layers.SHAPE_SETS['small']], metavar='SET|N,C,H,W',
-                        help='input shapes, or sets of them (default: small)')
+    _add_shapes(counts, 'small')
     counts.add_argument('--variants', nargs='+',
                         choices=[name for name, variant in layers.VARIANTS.items()
                                  if not variant.compiled],
@@ -186,12 +211,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 '(default: auto, mmseg where it is installed)')
     segmentor.set_defaults(run=run_model)
 
-    for command in (layer, counts, segmentor):
+    for command in (layer, split, counts, segmentor):
         command.add_argument('--doc', type=Path,
                              help='also put the table into this Markdown file, replacing '
                                   'its section for this subcommand and device (e.g. '
                                   f'{RESULTS_DOC.relative_to(REPO)})')
-    for command in (ratio_command, layer, segmentor):
+    for command in (ratio_command, layer, split, segmentor):
         command.add_argument('--device', choices=('cpu', 'cuda'),
                              default='cuda' if torch.cuda.is_available() else 'cpu',
                              help='where to run (default: cuda if available, else cpu)')
@@ -219,6 +244,10 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if 'GN(32)' in args.variants and any(
                 shape[1] % 32 for shape_set in args.shapes for shape in shape_set):
             parser.error('GN(32) needs every shape\'s C divisible by 32')
+    if args.command == 'passes' and any(
+            shape[1] % 32 for shape_set in args.shapes for shape in shape_set):
+        parser.error('passes compares against GN(32): every shape\'s C must be divisible by '
+                     '32')
     if args.command == 'instructions':
         if args.steps < 1:
             parser.error('--steps must be at least 1')

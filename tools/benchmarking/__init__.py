@@ -7,6 +7,8 @@
 - :mod:`.machine`: the line that names what the numbers were measured on;
 - :mod:`.layers`: one layer's forward + backward, EN against BN, GN(32), SN, EN's
   PyTorch reference and that reference under ``torch.compile``;
+- :mod:`.passes`: EN's passes over X against GroupNorm's kernels, and each layer's time
+  beyond them;
 - :mod:`.model`: one training iteration of DeepLabV3 R50-D8 with EN, BN and GN(32);
 - :mod:`.flops`: parameters and FLOPs of a segmentor, with handles for the en_seg ops;
 - :mod:`.ratio`: the ratio branch alone, compiled op against the PyTorch reference;

@@ -9,6 +9,8 @@ from typing import Dict, List, Optional, Sequence
 from .instructions import InstructionCase
 from .layers import Case
 from .model import DEEPLAB_CONFIG, NUM_CLASSES, ModelRun
+from .passes import STEPS as PASSES_STEPS
+from .passes import PassesCase
 from .ratio import RatioCase
 from .timing import Timing
 
@@ -214,4 +216,47 @@ def instructions_markdown(cases: Sequence[InstructionCase], steps: int,
                      + ' | '.join(ratio_text(en, case.instructions[name]) for name in baselines)
                      + ' | ' + ' | '.join(f'{case.instructions[name] / 1e3:.0f}'
                                           for name in names) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def passes_markdown(cases: Sequence[PassesCase], device: str, timing: Timing,
+                    header: str) -> str:
+    """The ``passes`` results (:func:`.passes.measure`): EN's passes over X against
+    GroupNorm's kernels, the whole layers, and each layer's time beyond them."""
+    lines = [
+        f'### Where the layer\'s time goes: passes over X against GroupNorm\'s ({device})', '',
+        header, '',
+        'Float32 NCHW input, training mode; the lowest of the medians of '
+        f'{timing.repeats} measuring round(s), in each of which the steps are timed in turn. '
+        'EN passes: `channel_moments` + `channel_affine` (forward), '
+        '`channel_affine_grad_sums` + `channel_norm_input_grad` (backward), called below '
+        'autograd; GN(32) kernels: ATen\'s `native_group_norm` and '
+        '`native_group_norm_backward`, the same. Layers: forward + backward (gradients of '
+        'the input and every parameter). Beyond the passes: the layer\'s time less its '
+        'passes\' (kernels\'), for EN its coefficient ops, dispatch, autograd and Python.',
+        '',
+        '| threads | shape (N, C, H, W) | EN / GN(32) passes forward '
+        '| EN / GN(32) passes backward | EN / GN(32) layer | EN beyond its passes (µs) '
+        '| GN(32) beyond its kernels (µs) |',
+        '|---:|---|---:|---:|---:|---:|---:|',
+    ]
+    for case in cases:
+        t = case.seconds
+        en_passes = t['EN passes forward'] + t['EN passes backward']
+        gn_kernels = t['GN(32) kernels forward'] + t['GN(32) kernels backward']
+        lines.append(
+            f'| {case.threads} | {case.shape} | '
+            f'{ratio_text(t["EN passes forward"], t["GN(32) kernels forward"])} | '
+            f'{ratio_text(t["EN passes backward"], t["GN(32) kernels backward"])} | '
+            f'{ratio_text(t["EN"], t["GN(32)"])} | {(t["EN"] - en_passes) * 1e6:.0f} | '
+            f'{(t["GN(32)"] - gn_kernels) * 1e6:.0f} |')
+    lines += [
+        '', 'Every step (µs):', '',
+        '| threads | shape (N, C, H, W) | ' + ' | '.join(PASSES_STEPS) + ' |',
+        '|---:|---|' + '---:|' * len(PASSES_STEPS),
+    ]
+    for case in cases:
+        lines.append(f'| {case.threads} | {case.shape} | '
+                     + ' | '.join(f'{case.seconds[name] * 1e6:.0f}' for name in PASSES_STEPS)
+                     + ' |')
     return '\n'.join(lines) + '\n'
