@@ -14,7 +14,8 @@
 #      on the PATH;
 #   4. benchmarks: tools/benchmark.py layer (EN vs cuDNN BN vs GN(32), the standard and
 #      large shapes, float32 and bfloat16 autocast, NCHW and channels_last), layer again
-#      with EN's reference under torch.compile (the standard shapes, float32, NCHW), and
+#      with EN's reference under torch.compile (the standard shapes, float32, NCHW),
+#      passes (EN's passes over X against GroupNorm's CUDA kernels, the same shapes), and
 #      model (DeepLabV3 ResNet-50 output stride 8, EN vs BN vs GN(32), one training
 #      iteration at batch 2, 512x512).
 # A stage's output goes to $LOGS/<stage>.log (default build/gpu-check). The report goes to
@@ -176,6 +177,7 @@ done
 if ((build_failed)); then
   skip benchmark-layer 'build failed'
   skip benchmark-compile 'build failed'
+  skip benchmark-passes 'build failed'
   skip benchmark-model 'build failed'
 else
   stage benchmark-layer "$python" tools/benchmark.py layer --device "$device" \
@@ -184,6 +186,8 @@ else
   stage benchmark-compile "$python" tools/benchmark.py layer --device "$device" \
     --variants BN 'GN(32)' EN EN-reference-compiled "${compile_args[@]}" \
     --out "$logs/layer_compiled.md"
+  stage benchmark-passes "$python" tools/benchmark.py passes --device "$device" \
+    "${compile_args[@]}" --out "$logs/passes.md"
   stage benchmark-model "$python" tools/benchmark.py model --device "$device" \
     "${model_args[@]}" --out "$logs/model.md"
 fi
@@ -220,6 +224,7 @@ mkdir -p "$(dirname "$report")"
     "$logs/memcheck.log" "$logs/racecheck.log"
   section 'Layer benchmark' "$logs/layer.md"
   section 'Layer benchmark, EN reference under torch.compile' "$logs/layer_compiled.md"
+  section 'Where the layer time goes: passes over X against GroupNorm' "$logs/passes.md"
   section 'Model benchmark' "$logs/model.md"
 } >"$report"
 echo "report: $report"
