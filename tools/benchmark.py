@@ -93,7 +93,7 @@ def run_ratio(args: argparse.Namespace) -> str:
 def run_layer(args: argparse.Namespace) -> str:
     require_ops(args.device)
     process.steady(args.device)
-    shapes = [shape for shape_set in args.shapes for shape in shape_set]
+    shapes = _shape_list(args)
     cases = layers.measure(shapes, args.variants, args.dtypes, args.memory_formats,
                            args.device, args.threads, timing(args))
     text = report.layer_markdown(cases, args.device, timing(args), header(args))
@@ -105,7 +105,7 @@ def run_layer(args: argparse.Namespace) -> str:
 def run_passes(args: argparse.Namespace) -> str:
     require_ops(args.device)
     process.steady(args.device)
-    shapes = [shape for shape_set in args.shapes for shape in shape_set]
+    shapes = _shape_list(args)
     cases = passes.measure(shapes, args.device, args.threads, timing(args))
     text = report.passes_markdown(cases, args.device, timing(args), header(args))
     if args.doc:
@@ -129,7 +129,7 @@ def run_model(args: argparse.Namespace) -> str:
 def run_instructions(args: argparse.Namespace) -> str:
     require_ops('cpu')
     instructions.require_valgrind()
-    shapes = [shape for shape_set in args.shapes for shape in shape_set]
+    shapes = _shape_list(args)
     cases = instructions.measure(shapes, args.variants, args.steps)
     text = report.instructions_markdown(cases, args.steps, header(args))
     if args.doc:
@@ -142,6 +142,11 @@ def _shapes(text: str):
         return layers.parse_shapes(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _shape_list(args: argparse.Namespace):
+    """``--shapes`` as one list of (N, C, H, W)."""
+    return [shape for shape_set in args.shapes for shape in shape_set]
 
 
 def _add_shapes(command: argparse.ArgumentParser, default: str) -> None:
@@ -238,16 +243,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fill in --threads; reject combinations that would measure nonsense."""
+    measures_gn = args.command == 'passes'
     if args.command in ('layer', 'instructions'):
         if not {'BN', 'EN'} <= set(args.variants):
             parser.error('--variants must include BN and EN')
-        if 'GN(32)' in args.variants and any(
-                shape[1] % 32 for shape_set in args.shapes for shape in shape_set):
-            parser.error('GN(32) needs every shape\'s C divisible by 32')
-    if args.command == 'passes' and any(
-            shape[1] % 32 for shape_set in args.shapes for shape in shape_set):
-        parser.error('passes compares against GN(32): every shape\'s C must be divisible by '
-                     '32')
+        measures_gn = 'GN(32)' in args.variants
+    if measures_gn and any(shape[1] % 32 for shape in _shape_list(args)):
+        parser.error('GN(32) needs every shape\'s C divisible by 32')
     if args.command == 'instructions':
         if args.steps < 1:
             parser.error('--steps must be at least 1')

@@ -45,7 +45,6 @@ def _en_passes(x: Tensor, grad: Tensor) -> Dict[str, Step]:
     n, c = x.shape[:2]
     mean, _ = ops.channel_moments(x)
     scale, shift, grad_mean, grad_var = torch.randn(4, n, c, device=x.device).unbind(0)
-    sum_dy, _ = ops.channel_affine_grad_sums(grad, x, mean)
 
     def forward() -> None:
         moments = ops.channel_moments(x)
