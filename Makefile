@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.en-seg-installed
 
-.PHONY: install demo test benchmark cuda-build cuda-emulation test-pretrain
+.PHONY: install demo test benchmark cuda-build cuda-emulation test-pretrain test-other-libraries
 
 install: $(STAMP)
 
@@ -103,3 +103,18 @@ $(PRETRAIN_STAMP): $(CUDA_STAMP)
 test-pretrain: cuda-build $(PRETRAIN_STAMP)
 	cd "$$(mktemp -d)" && $(abspath $(CUDA_PY)) -m pytest -p no:cacheprovider \
 		$(CURDIR)/tests/test_pretraining.py
+
+# `make test-other-libraries`: tests/test_other_libraries.py, EN in models of torchvision,
+# timm and segmentation_models_pytorch (convert_batchnorm) and in mmpretrain's own ResNet50
+# config, on the CPU; in $(CUDA_VENV) for test-pretrain's reason (torchvision), with
+# onnxruntime for the ONNX check of the converted torchvision DeepLabV3.
+OTHER_STAMP := $(CUDA_VENV)/.other-libraries-installed
+
+$(OTHER_STAMP): $(PRETRAIN_STAMP)
+	$(CUDA_PIP) install timm==1.0.31 segmentation-models-pytorch==0.6.0 'onnx>=1.16' \
+		'onnxruntime>=1.18' 'onnxscript>=0.2'
+	touch $@
+
+test-other-libraries: cuda-build $(OTHER_STAMP)
+	cd "$$(mktemp -d)" && $(abspath $(CUDA_PY)) -m pytest -p no:cacheprovider \
+		$(CURDIR)/tests/test_other_libraries.py

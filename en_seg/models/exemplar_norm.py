@@ -9,8 +9,22 @@ from ..ops import exemplar_norm, exemplar_ratios, normalizer_codes
 from .mixed_norm import _MixedNorm
 
 
+def group_width(num_features: int, reduction: int) -> int:
+    """r, the channels per group of the ratio branch's grouped convolution: the largest
+    divisor of ``num_features`` (C) not above ``reduction``.
+
+    The paper only asks for C / r groups (Sec. 3.3); our choice where r does not divide C
+    (docs/method.md#ratio-branch), so that C = 48, 72 or 35 (DeepLabV3+, HRNet, CGNet) gets
+    r = 24, 24 or 7 from the default 32, and a layer narrower than r a single group.
+
+    >>> group_width(48, 32), group_width(35, 32), group_width(16, 32), group_width(64, 16)
+    (24, 7, 16, 16)
+    """
+    return next(r for r in range(min(reduction, num_features), 0, -1) if num_features % r == 0)
+
+
 class ExemplarNorm2d(_MixedNorm):
-    r"""Exemplar Normalization over a 4-D input (paper Eq. 3).
+    r"""Exemplar Normalization over a 4-D (or 3-D) input (paper Eq. 3).
 
     Every sample n mixes K normalizers (IN, LN, BN by default) with its own ratios
     :math:`\lambda_n`, computed from its features by a small sub-network (paper Sec. 3.3):
@@ -39,7 +53,9 @@ class ExemplarNorm2d(_MixedNorm):
         normalizers: the pool of K distinct names from ('IN', 'LN', 'BN').
             Default: ('IN', 'LN', 'BN').
         reduction: r, channels per group of the ratio branch's grouped convolution, which
-            maps C to C / r channels with exactly C weights; ``min(r, C)`` is used.
+            maps C to C / r channels with exactly C weights. Where r does not divide C, the
+            layer uses the largest divisor of C below it (:func:`group_width`; C = 48 gets
+            24), and ``reduction`` and ``extra_repr`` show the value used.
             Default: 32 (the paper's ResNet50 value).
         pi: π, the hidden width of the ratio branch is π·K. Default: 50.
         impl: how statistics, ratio branch and affine map run: ``'op'``, the compiled ops
@@ -70,12 +86,14 @@ class ExemplarNorm2d(_MixedNorm):
 
     Shape:
         Input (N, C, H, W) floating point; output the same shape and dtype. N = 1 and
-        H·W = 1 are allowed and stay finite.
+        H·W = 1 are allowed and stay finite. An (N, C, L) input is normalized as the
+        (N, C, L, 1) one, statistics over L as for ``nn.BatchNorm1d`` (mmseg's EncNet
+        feeds one; docs/method.md#one-dimensional-inputs).
 
     Raises:
-        ValueError: at construction, for C not divisible by r, a bad pool, non-positive
-            sizes, an unknown ``impl``; in forward, for an input
-            that is not 4-D, has other than ``num_features`` channels, or is empty.
+        ValueError: at construction, for a bad pool, non-positive sizes or an unknown
+            ``impl``; in forward, for an input that is not 3-D or 4-D, has other than
+            ``num_features`` channels, or is empty.
         TypeError: at construction, for an argument after ``momentum`` passed by
             position; in forward, for an integer or boolean input.
 
@@ -132,12 +150,7 @@ class ExemplarNorm2d(_MixedNorm):
                          process_group=process_group, device=device, dtype=dtype)
 
     def _build_members(self, device=None, dtype=None) -> None:
-        self.reduction = min(self.reduction, self.num_features)
-        if self.num_features % self.reduction:
-            raise ValueError(
-                f'num_features={self.num_features} is not divisible by reduction='
-                f'{self.reduction}; the grouped convolution of the ratio branch needs C / r '
-                'groups of r channels: choose a reduction that divides num_features')
+        self.reduction = group_width(self.num_features, self.reduction)
         k, groups = self.num_normalizers, self.num_features // self.reduction
         self.ratio_conv = nn.Conv1d(self.num_features, groups, 1, groups=groups, bias=False,
                                     device=device, dtype=dtype)
@@ -191,6 +204,10 @@ class ExemplarNorm2d(_MixedNorm):
             self.ratio_fc1.weight.to(dtype), self.ratio_fc1.bias.to(dtype),
             self.ratio_fc2.weight.to(dtype), self.ratio_fc2.bias.to(dtype),
             impl=self.impl)
+
+    def _batchnorm_affine(self) -> Tuple[Tensor, Tensor]:
+        # With one normalizer λ = 1: y = γ_0 x̂ + β_0.
+        return self.weight.detach()[0], self.bias.detach()[0]
 
     def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
         k = self.num_normalizers

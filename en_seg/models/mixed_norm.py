@@ -78,7 +78,7 @@ class _MixedNorm(_InstanceNorm):
     everything after them is keyword-only.
 
     Args:
-        num_features: C, the channel count of the (N, C, H, W) input.
+        num_features: C, the channel count of the (N, C, H, W) or (N, C, L) input.
         eps: added to every variance before the square root. Default: 1e-5.
         momentum: running-statistics momentum as in ``nn.BatchNorm2d``; ``None`` keeps a
             cumulative average. Default: 0.1.
@@ -180,6 +180,77 @@ class _MixedNorm(_InstanceNorm):
                           f'momentum={self.momentum}']
                          + [f'{name}={getattr(self, name)!r}' for name in options])
 
+    @classmethod
+    def convert_batchnorm(cls, module: nn.Module, **layer_kwargs) -> nn.Module:
+        """Replace every ``nn.BatchNorm2d`` and ``nn.SyncBatchNorm`` (mmcv's ``SyncBN``
+        and mmengine's ``_BatchNormXd`` too) in a built model by this class's layer, as ``nn.SyncBatchNorm.convert_sync_batchnorm`` does for
+        SyncBatchNorm (docs/method.md#converting-a-built-model).
+
+        Each new layer starts as the BatchNorm it replaces: γ copied to every normalizer,
+        β split evenly (the state-dict conversion of BatchNorm checkpoints), running
+        statistics, ``num_batches_tracked``, eps, momentum, ``track_running_stats``,
+        device, dtype, train / eval mode and the parameters' ``requires_grad`` (a layer
+        whose γ and β are frozen gets a frozen ratio branch too). A SyncBatchNorm becomes
+        a layer with ``sync_stats=True`` over its process group. An ``affine=False``
+        BatchNorm is converted with γ = 1 and β = 0 fixed (``requires_grad=False``), what
+        it computed. Subclasses of BatchNorm2d (timm's ``BatchNormAct2d`` adds an
+        activation), torchvision's ``FrozenBatchNorm2d``, BatchNorm1d / 3d, GroupNorm,
+        LayerNorm and InstanceNorm are left as they are. One INFO record of the
+        ``en_seg.models.conversion`` logger counts the layers converted and those left,
+        by type.
+
+        Args:
+            module: the model (or a single BatchNorm layer), changed in place.
+            **layer_kwargs: this class's keyword arguments for every new layer, e.g.
+                ``normalizers``, ``reduction``, ``impl``, ``sync_stats``; ``eps`` and
+                ``momentum`` override the BatchNorm's. A channel count that ``reduction``
+                does not divide gets the largest divisor below it (EN).
+
+        Returns:
+            ``module``, or the new layer when ``module`` itself is a BatchNorm layer.
+
+        Raises:
+            TypeError: for ``num_features``, ``track_running_stats``, ``device`` or
+                ``dtype`` in ``layer_kwargs`` (each BatchNorm decides them).
+            ValueError: as this class's constructor, for bad ``layer_kwargs``.
+
+        Examples::
+
+            >>> import torch
+            >>> from torch import nn
+            >>> from en_seg.models import ExemplarNorm2d
+            >>> model = nn.Sequential(nn.Conv2d(3, 48, 3), nn.BatchNorm2d(48), nn.ReLU())
+            >>> model = ExemplarNorm2d.convert_batchnorm(model)
+            >>> model[1]  # doctest: +ELLIPSIS
+            ExemplarNorm2d(48, eps=1e-05, momentum=0.1, ..., reduction=24, pi=50, ...)
+            >>> model(torch.randn(2, 3, 8, 8)).shape
+            torch.Size([2, 48, 6, 6])
+        """
+        from .conversion import convert_batchnorm
+        return convert_batchnorm(cls, module, layer_kwargs)
+
+    @classmethod
+    def revert_batchnorm(cls, module: nn.Module) -> nn.Module:
+        """Replace every layer of this class whose pool is ``('BN',)`` by the
+        ``nn.BatchNorm2d`` computing the same function (``nn.SyncBatchNorm`` for
+        ``sync_stats=True``): its single γ and β, running statistics, eps, momentum, mode
+        and ``requires_grad``. Layers with another pool compute something BatchNorm cannot
+        and are left, counted in one INFO record of ``en_seg.models.conversion``.
+
+        Args:
+            module: the model (or a single layer), changed in place.
+
+        Returns:
+            ``module``, or the new layer when ``module`` itself is reverted.
+        """
+        from .conversion import revert_batchnorm
+        return revert_batchnorm(cls, module)
+
+    def _batchnorm_affine(self) -> Tuple[Tensor, Tensor]:
+        """The (C,) weight and bias of the BatchNorm2d this layer equals when its pool is
+        ('BN',)."""
+        raise NotImplementedError
+
     @property
     def num_normalizers(self) -> int:
         """K, the size of the normalizer pool."""
@@ -189,9 +260,12 @@ class _MixedNorm(_InstanceNorm):
         self._check_input(x)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f'{type(self).__name__} expects a 4-D (N, C, H, W) input, got '
-                             f'a {x.dim()}-D input of shape {tuple(x.shape)}')
+        if x.dim() not in (3, 4):
+            raise ValueError(f'{type(self).__name__} expects a 4-D (N, C, H, W) or 3-D '
+                             f'(N, C, L) input, got a {x.dim()}-D input of shape '
+                             f'{tuple(x.shape)}; an (N, C) input has one value per sample '
+                             'and channel, so its IN statistics are degenerate: normalize it '
+                             'with nn.BatchNorm1d or nn.LayerNorm instead')
         if x.shape[1] != self.num_features:
             raise ValueError(f'{type(self).__name__} was built for num_features='
                              f'{self.num_features} channels, got an input of shape '
@@ -270,8 +344,15 @@ class _MixedNorm(_InstanceNorm):
         """y = scale * (x - pooled) + shift per (n, c), the layer's output as one affine
         map, with (scale, shift) from :meth:`_affine_coefficients`. Statistics and
         coefficients in float32 (float64 for a float64 input), also under autocast; y in
-        x's dtype."""
+        x's dtype. A 3-D (N, C, L) input is the (N, C, L, 1) one, as for BatchNorm1d
+        (docs/method.md#one-dimensional-inputs)."""
         self._check_input(x)
+        if x.dim() == 3:
+            return self._forward_planes(x.unsqueeze(-1)).squeeze(-1)
+        return self._forward_planes(x)
+
+    def _forward_planes(self, x: Tensor) -> Tensor:
+        """:meth:`forward` of a checked 4-D input."""
         if self._fuses_coefficients(x):
             # Compiled ops only, which autocast leaves alone.
             return self._fused_forward(x)

@@ -9,7 +9,8 @@ from .mixed_norm import _MixedNorm
 
 
 class SwitchableNorm2d(_MixedNorm):
-    r"""Switchable Normalization over a 4-D input: one set of ratios for all samples.
+    r"""Switchable Normalization over a 4-D (or 3-D) input: one set of ratios for all
+    samples.
 
     .. math::
         y = \gamma \frac{x - \sum_k w_k \mu^k}{\sqrt{\sum_k w'_k \sigma^{2,k} + \epsilon}}
@@ -46,7 +47,8 @@ class SwitchableNorm2d(_MixedNorm):
             the ratios start uniform.
 
     Shape:
-        Input (N, C, H, W) floating point; output the same shape and dtype.
+        Input (N, C, H, W), or (N, C, L) as for :class:`ExemplarNorm2d`, floating point;
+        output the same shape and dtype.
 
     Raises:
         ValueError / TypeError: as :class:`ExemplarNorm2d`.
@@ -107,6 +109,9 @@ class SwitchableNorm2d(_MixedNorm):
         return switchable_norm(x, *params, running_mean, running_var, tracked,
                                normalizer_codes(self.normalizers), batch_stats, self.momentum,
                                self.eps)
+
+    def _batchnorm_affine(self) -> Tuple[Tensor, Tensor]:
+        return self.weight.detach(), self.bias.detach()
 
     def _batchnorm_to_own(self, weight: Tensor, bias: Optional[Tensor]) -> Dict[str, Tensor]:
         return {'weight': weight} if bias is None else {'weight': weight, 'bias': bias}
