@@ -184,3 +184,13 @@ def test_revert_batchnorm_gives_back_the_batchnorm_and_leaves_other_pools(cls, c
     assert caplog.messages[-1] == (
         f'{cls.__name__}.revert_batchnorm: reverted 1 layer(s) ({cls.__name__}: 1); left 1 '
         f"mixed layer(s) as they were ({cls.__name__}('IN', 'LN', 'BN'): 1)")
+
+
+def test_docstring_examples_of_the_conversion_run():
+    import doctest
+    runner = doctest.DocTestRunner()
+    for obj in (group_width, ExemplarNorm2d.convert_batchnorm):
+        for test in doctest.DocTestFinder().find(obj, obj.__qualname__, globs={}):
+            runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.attempted >= 6 and results.failed == 0

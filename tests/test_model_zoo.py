@@ -1,6 +1,6 @@
-"""Every mmseg model family trains with EN: one config from each folder of mmseg's model
-zoo, every BatchNorm ``norm_cfg`` swapped for ``'EN'``, built and run for one training step
-at 128×128 (README.md, "Models that are not configs"; docs/method.md#any-channel-count)."""
+"""Every mmseg model family trains with EN and SN: one config from each folder of mmseg's
+model zoo, every BatchNorm ``norm_cfg`` swapped for ``'EN'`` (``'SN'``), built and run for
+one training step at 128×128 (README.md, "Models that are not configs"; docs/method.md#any-channel-count)."""
 import os
 import os.path as osp
 
@@ -12,7 +12,7 @@ from mmengine.registry import DefaultScope
 from mmengine.structures import PixelData
 
 import en_seg  # noqa: F401  (registers EN)
-from en_seg.models import ExemplarNorm2d
+from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
 
 mmseg = pytest.importorskip('mmseg')
 from mmseg.registry import MODELS  # noqa: E402
@@ -31,7 +31,12 @@ NEEDS = {
 NOT_MODELS = ('_base_', 'dsdl')
 #: BatchNorm's ``norm_cfg`` types in mmseg's configs.
 BATCHNORM_TYPES = ('BN', 'SyncBN', 'BN2d')
+#: Families whose mmseg code builds some nn.BatchNorm2d itself, whatever the ``norm_cfg``:
+#: ``convert_batchnorm`` converts those after the build.
+BUILT_IN_BATCHNORM = ('bisenetv1', 'bisenetv2', 'ddrnet', 'erfnet', 'pidnet', 'stdc')
 SIZE = (128, 128)
+#: LR-ASPP pools its 1/8 features with a 49×49 kernel.
+SIZES = {'mobilenet_v3': (400, 400)}
 
 
 def folders():
@@ -47,51 +52,61 @@ def chosen_config(folder):
     return osp.join(CONFIGS, folder, (light or names)[0])
 
 
-def swap_batchnorm(node):
-    """The number of BatchNorm ``norm_cfg`` dicts under ``node`` turned into EN ones."""
+def swap_batchnorm(node, norm_type):
+    """The number of BatchNorm ``norm_cfg`` dicts under ``node`` given ``norm_type``."""
     swapped = 0
     if isinstance(node, dict):
         if node.get('type') in BATCHNORM_TYPES:
-            node['type'] = 'EN'
+            node['type'] = norm_type
             swapped += 1
         for value in node.values():
-            swapped += swap_batchnorm(value)
+            swapped += swap_batchnorm(value, norm_type)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            swapped += swap_batchnorm(value)
+            swapped += swap_batchnorm(value, norm_type)
     return swapped
 
 
-def batch(n=2):
-    """Images and labels as mmseg's data pipeline delivers them, for ``train_step``."""
+def batch(size, n=2):
+    """Images and labels (classes 0 and 1, which every model has) as mmseg's data pipeline
+    delivers them, for ``train_step``."""
     samples = []
     for _ in range(n):
-        sample = SegDataSample(metainfo=dict(img_shape=SIZE, ori_shape=SIZE,
-                                             pad_shape=SIZE))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 4, (1, *SIZE)))
-        sample.gt_edge_map = PixelData(data=torch.randint(0, 2, (1, *SIZE)))  # PIDNet
+        sample = SegDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 2, (1, *size)))
+        sample.gt_edge_map = PixelData(data=torch.randint(0, 2, (1, *size)))  # PIDNet
         samples.append(sample)
-    return dict(inputs=[torch.randint(0, 256, (3, *SIZE), dtype=torch.uint8)
+    return dict(inputs=[torch.randint(0, 256, (3, *size), dtype=torch.uint8)
                         for _ in range(n)], data_samples=samples)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('norm_type, layer_class',
+                         [('EN', ExemplarNorm2d), ('SN', SwitchableNorm2d)])
 @pytest.mark.parametrize('folder', folders())
-def test_each_model_family_trains_with_en(folder):
+def test_each_model_family_trains_with_en_and_sn(folder, norm_type, layer_class):
     if folder in NEEDS:
         pytest.skip(f'{folder} needs {NEEDS[folder]}, which en-seg does not install')
     cfg = Config.fromfile(chosen_config(folder))
     model_cfg: ConfigDict = cfg.model
-    if not swap_batchnorm(model_cfg):
+    if not swap_batchnorm(model_cfg, norm_type):
         pytest.skip(f'{osp.basename(chosen_config(folder))} has no BatchNorm layer')
+    size = SIZES.get(folder, SIZE)
     model_cfg.pop('pretrained', None)
-    model_cfg.data_preprocessor.size = SIZE
+    model_cfg.data_preprocessor.size = size
+    if 'img_size' in model_cfg.backbone:  # ViT-style position embeddings
+        model_cfg.backbone.img_size = size
     with DefaultScope.overwrite_default_scope('mmseg'):
         model = MODELS.build(model_cfg)
-    layers = [m for m in model.modules() if isinstance(m, ExemplarNorm2d)]
+    built_in = sum(type(m) is torch.nn.BatchNorm2d for m in model.modules())
+    assert bool(built_in) == (folder in BUILT_IN_BATCHNORM), built_in
+    model = layer_class.convert_batchnorm(model)
+    layers = [m for m in model.modules() if isinstance(m, layer_class)]
     assert layers and not any(type(m) is torch.nn.BatchNorm2d for m in model.modules())
     model.train()
     optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-3))
-    losses = model.train_step(batch(), optim_wrapper)
+    losses = model.train_step(batch(size), optim_wrapper)
     assert all(torch.isfinite(loss).all() for loss in losses.values()), losses
-    assert any(layer.last_ratios is not None for layer in layers)
+    unused = [name for name, m in model.named_modules()
+              if isinstance(m, layer_class) and m.num_batches_tracked == 0]
+    assert not unused, unused

@@ -17,6 +17,7 @@ def group_width(num_features: int, reduction: int) -> int:
     (docs/method.md#ratio-branch), so that C = 48, 72 or 35 (DeepLabV3+, HRNet, CGNet) gets
     r = 24, 24 or 7 from the default 32, and a layer narrower than r a single group.
 
+    >>> from en_seg.models.exemplar_norm import group_width
     >>> group_width(48, 32), group_width(35, 32), group_width(16, 32), group_width(64, 16)
     (24, 7, 16, 16)
     """

@@ -221,8 +221,8 @@ class _MixedNorm(_InstanceNorm):
             >>> from en_seg.models import ExemplarNorm2d
             >>> model = nn.Sequential(nn.Conv2d(3, 48, 3), nn.BatchNorm2d(48), nn.ReLU())
             >>> model = ExemplarNorm2d.convert_batchnorm(model)
-            >>> model[1]  # doctest: +ELLIPSIS
-            ExemplarNorm2d(48, eps=1e-05, momentum=0.1, ..., reduction=24, pi=50, ...)
+            >>> type(model[1]).__name__, model[1].reduction  # r = 32 does not divide 48
+            ('ExemplarNorm2d', 24)
             >>> model(torch.randn(2, 3, 8, 8)).shape
             torch.Size([2, 48, 6, 6])
         """
