@@ -20,9 +20,10 @@ LOGGER = 'en_seg.models.conversion'
 def trained_batchnorm(bn_class=nn.BatchNorm2d, channels=12, steps=3, **kwargs):
     """A BatchNorm layer whose γ, β and running statistics are no longer their defaults."""
     bn = bn_class(channels, **kwargs)
-    if bn.affine:
-        with torch.no_grad():
+    with torch.no_grad():
+        if bn.weight is not None:
             bn.weight.uniform_(0.5, 1.5)
+        if bn.bias is not None:
             bn.bias.uniform_(-1, 1)
     for _ in range(steps):
         bn(torch.randn(4, channels, 5, 5) * 3 + 1)
@@ -114,17 +115,18 @@ def test_convert_batchnorm_carries_every_state_of_each_layer(cls):
 
 
 @pytest.mark.parametrize('cls', LAYERS)
-@pytest.mark.parametrize('affine', [True, False])
-def test_a_bn_pool_computes_what_the_batchnorm_computed_in_training_and_evaluation(cls,
-                                                                                   affine):
-    bn = trained_batchnorm(affine=affine).double()
+@pytest.mark.parametrize('affine, bias', [(True, True), (False, True), (True, False)])
+def test_a_bn_pool_computes_what_the_batchnorm_computed_in_training_and_evaluation(
+        cls, affine, bias):
+    bn = trained_batchnorm(affine=affine, bias=bias).double()
     x = torch.randn(4, 12, 5, 5, dtype=torch.float64)
     expected = {mode: copy.deepcopy(bn).train(mode)(x) for mode in (True, False)}
     layer = cls.convert_batchnorm(copy.deepcopy(bn), normalizers=('BN',))
     for mode in (True, False):
         torch.testing.assert_close(copy.deepcopy(layer).train(mode)(x), expected[mode])
     # An affine-free BatchNorm keeps γ = 1, β = 0 fixed; what is mixed still learns.
-    assert layer.weight.requires_grad == layer.bias.requires_grad == affine
+    assert layer.weight.requires_grad == affine
+    assert layer.bias.requires_grad == (affine and bias)
     assert all(p.requires_grad for name, p in layer.named_parameters()
                if name not in ('weight', 'bias'))
 
@@ -194,3 +196,9 @@ def test_docstring_examples_of_the_conversion_run():
             runner.run(test)
     results = runner.summarize(verbose=False)
     assert results.attempted >= 6 and results.failed == 0
+
+
+@pytest.mark.parametrize('cls', LAYERS)
+def test_a_frozen_batchnorm_becomes_a_frozen_layer(cls):
+    bn = nn.BatchNorm2d(8).requires_grad_(False)  # e.g. a frozen stage of a backbone
+    assert not any(p.requires_grad for p in cls.convert_batchnorm(bn).parameters())

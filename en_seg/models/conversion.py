@@ -68,16 +68,15 @@ def _layer_from_batchnorm(layer_class: Type[_MixedNorm], bn: nn.Module,
         # What an affine-free BatchNorm computes: γ = 1, β = 0, kept fixed below.
         state['weight'] = torch.ones(bn.num_features, **factory)
         state['bias'] = torch.zeros(bn.num_features, **factory)
-    # The mixed layer's loading of BatchNorm entries (γ per normalizer, β split evenly).
+    # The mixed layer's loading of BatchNorm entries (γ per normalizer, β split evenly; a
+    # BatchNorm built with bias=False has none, and β stays 0).
     layer.load_state_dict(state)
-    if bn.affine:
-        layer.weight.requires_grad_(bn.weight.requires_grad)
-        layer.bias.requires_grad_(bn.bias.requires_grad)
-        if not (bn.weight.requires_grad or bn.bias.requires_grad):
-            layer.requires_grad_(False)  # a frozen layer stays frozen, ratio branch too
-    else:
-        layer.weight.requires_grad_(False)
-        layer.bias.requires_grad_(False)
+    own = [p for p in (bn.weight, bn.bias) if p is not None]
+    if own and not any(p.requires_grad for p in own):
+        layer.requires_grad_(False)  # a frozen layer stays frozen, ratio branch too
+    for name in ('weight', 'bias'):
+        source = getattr(bn, name)
+        getattr(layer, name).requires_grad_(source is not None and source.requires_grad)
     return layer.train(bn.training)
 
 

@@ -116,7 +116,8 @@ class ExemplarNorm2d(_MixedNorm):
 
     A plain BatchNorm state dict loads: its (C,) weight becomes every γ_k and its bias is
     split evenly, β_k = β / K, so the layer starts as the BatchNorm it replaces up to the
-    choice of statistics; the ratio branch keeps its initialisation.
+    choice of statistics; the ratio branch keeps its initialisation. A built model's
+    BatchNorm layers (torchvision, timm) become EN layers by :meth:`convert_batchnorm`.
     """
 
     # mmcv's build_norm_layer names the layer bn1, bn2, ... so ResNet keys stay those of

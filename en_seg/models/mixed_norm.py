@@ -193,7 +193,7 @@ class _MixedNorm(_InstanceNorm):
         whose γ and β are frozen gets a frozen ratio branch too). A SyncBatchNorm becomes
         a layer with ``sync_stats=True`` over its process group. An ``affine=False``
         BatchNorm is converted with γ = 1 and β = 0 fixed (``requires_grad=False``), what
-        it computed. Subclasses of BatchNorm2d (timm's ``BatchNormAct2d`` adds an
+        it computed; one built with ``bias=False`` with β = 0 fixed. Subclasses of BatchNorm2d (timm's ``BatchNormAct2d`` adds an
         activation), torchvision's ``FrozenBatchNorm2d``, BatchNorm1d / 3d, GroupNorm,
         LayerNorm and InstanceNorm are left as they are. One INFO record of the
         ``en_seg.models.conversion`` logger counts the layers converted and those left,

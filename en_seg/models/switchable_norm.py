@@ -70,7 +70,8 @@ class SwitchableNorm2d(_MixedNorm):
         tensor([0.3333, 0.3333, 0.3333], grad_fn=<SoftmaxBackward0>)
 
     A plain BatchNorm state dict loads as it is; the importance weights keep their
-    initialisation.
+    initialisation. A built model's BatchNorm layers become SN layers by
+    :meth:`convert_batchnorm`.
     """
 
     _abbr_ = 'bn'
