@@ -65,9 +65,10 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SHAPES = [(2, 3, 1, 1), (1, 37, 7, 9), (2, 5, 40, 77), (1, 70, 100, 91)]
 SHAPE_IDS = ['hw=1', 'n=1,c=37', 'hw>block', 'widest']
 # (N, K, C, r, P): one group; C and P not multiples of 32; the widest (K = 8, K² = 64 Gram
-# entries, P = kMaxHidden, 2048 groups per block of 256 threads); K = 1.
+# entries, P = kMaxHidden, 2048 groups per block of 256 threads); K = 1; an odd group width
+# (CGNet's C = 35 takes r = 7).
 RATIO_CASES = [(1, 2, 32, 32, 100), (3, 3, 40, 8, 150), (2, 8, 2048, 1, 4096),
-               (2, 1, 64, 1, 50)]
+               (2, 1, 64, 1, 50), (2, 3, 35, 7, 150)]
 RATIO_TOLERANCE = 1e-5
 
 
@@ -271,8 +272,9 @@ def test_exemplar_ratios_backward(ratios, in_every_order, n, k, c, r, hidden):
         assert_close_scaled(actual, expected, RATIO_TOLERANCE, RATIO_TOLERANCE)
 
 
-# (N, C, r, P): one sample; C beyond one block's 256 threads and not a multiple of 32.
-COEFFICIENT_SIZES = [(1, 32, 32, 6), (3, 40, 8, 150), (2, 600, 8, 30)]
+# (N, C, r, P): one sample; C beyond one block's 256 threads and not a multiple of 32; the
+# group width HRNet's C = 72 takes.
+COEFFICIENT_SIZES = [(1, 32, 32, 6), (3, 40, 8, 150), (2, 600, 8, 30), (2, 72, 24, 150)]
 # (pool codes, batch_stats, running statistics kept, momentum): training with BN's update,
 # the cumulative average, evaluation on the running statistics, no running statistics,
 # pools without BN or LN.

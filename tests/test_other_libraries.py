@@ -72,9 +72,13 @@ def logits(model, x):
 
 
 def batch(name, n=4, size=64):
+    """Images and targets to learn: a class per image, or per 8×8 block of pixels, which
+    models of output stride 8 can resolve."""
     x = torch.randn(n, 3, size, size)
-    shape = (n, size, size) if MODELS[name][1] else (n,)
-    return x, torch.randint(0, CLASSES, shape)
+    if not MODELS[name][1]:
+        return x, torch.randint(0, CLASSES, (n,))
+    blocks = torch.randint(0, CLASSES, (n, 1, size // 8, size // 8)).float()
+    return x, F.interpolate(blocks, size=(size, size), mode='nearest')[:, 0].long()
 
 
 def build(name, **layer_kwargs):
@@ -91,7 +95,7 @@ def test_a_converted_model_learns_reloads_and_compiles(name):
     assert len(layers) == batchnorms > 0
     assert not any(type(m) in converted_types() for m in model.modules())
     x, target = batch(name)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     losses = []
     for _ in range(4):
         loss = F.cross_entropy(logits(model, x), target)
@@ -112,8 +116,8 @@ def test_a_converted_model_learns_reloads_and_compiles(name):
     reloaded.load_state_dict(torch.load(buffer, weights_only=True))
     with torch.no_grad():
         torch.testing.assert_close(logits(reloaded.eval(), x), expected)
-        compiled = torch.compile(reloaded, backend='aot_eager')
-        torch.testing.assert_close(logits(compiled, x), expected, rtol=1e-5, atol=1e-5)
+        compiled = torch.compile(reloaded)  # inductor, generating C++ on the CPU
+        torch.testing.assert_close(logits(compiled, x), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('name', ['torchvision.deeplabv3_resnet50', 'timm.hrnet_w18_small'])
@@ -176,14 +180,14 @@ def test_converted_deeplabv3_exports_to_onnx_with_onnxruntime_parity(tmp_path):
 
 @needs('mmpretrain')
 def test_mmpretrain_s_own_resnet50_config_trains_with_en():
-    from mmengine.config import Config
+    from mmengine.hub import get_config
     from mmengine.optim import OptimWrapper
     from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS as PRETRAIN_MODELS
     from mmpretrain.structures import DataSample
 
     import en_seg  # noqa: F401  (registers EN)
-    cfg = Config.fromfile('mmpretrain::resnet/resnet50_8xb32_in1k.py')
+    cfg = get_config('mmpretrain::resnet/resnet50_8xb32_in1k.py')  # mmpretrain's own
     cfg.model.backbone.norm_cfg = dict(type='EN', requires_grad=True)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = PRETRAIN_MODELS.build(cfg.model)
