@@ -105,13 +105,13 @@ test-pretrain: cuda-build $(PRETRAIN_STAMP)
 		$(CURDIR)/tests/test_pretraining.py
 
 # `make test-other-libraries`: tests/test_other_libraries.py, EN in models of torchvision,
-# timm and segmentation_models_pytorch (convert_batchnorm) and in mmpretrain's own ResNet50
-# config, on the CPU; in $(CUDA_VENV) for test-pretrain's reason (torchvision), with
-# onnxruntime for the ONNX check of the converted torchvision DeepLabV3.
+# timm and segmentation_models_pytorch (convert_batchnorm) and in mmpretrain's ResNet50 and
+# mmdet's Faster R-CNN configs, on the CPU; in $(CUDA_VENV) for test-pretrain's reason
+# (torchvision), with onnxruntime for the ONNX check of the converted torchvision DeepLabV3.
 OTHER_STAMP := $(CUDA_VENV)/.other-libraries-installed
 
 $(OTHER_STAMP): $(PRETRAIN_STAMP)
-	$(CUDA_PIP) install timm==1.0.31 segmentation-models-pytorch==0.6.0 'onnx>=1.16' \
+	$(CUDA_PIP) install timm==1.0.31 segmentation-models-pytorch==0.6.0 mmdet==3.3.0 'onnx>=1.16' \
 		'onnxruntime>=1.18' 'onnxscript>=0.2'
 	touch $@
 

@@ -198,3 +198,37 @@ def test_mmpretrain_s_own_resnet50_config_trains_with_en():
                 data_samples=[DataSample().set_gt_label(label) for label in (3, 7)])
     losses = model.train_step(data, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1)))
     assert torch.isfinite(losses['loss'])
+
+
+@needs('mmdet')
+def test_mmdet_s_own_faster_rcnn_config_trains_with_en():
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmdet.structures import DetDataSample
+    from mmdet.utils import register_all_modules
+    from mmengine.hub import get_config
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import DefaultScope
+    from mmengine.structures import InstanceData
+
+    import en_seg  # noqa: F401  (registers EN)
+    cfg = get_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')  # mmdet's own
+    cfg.model.backbone.norm_cfg = dict(type='EN', requires_grad=True)
+    cfg.model.backbone.init_cfg = None  # no ImageNet download
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        register_all_modules(init_default_scope=False)
+        model = DET_MODELS.build(cfg.model)
+    model.init_weights()
+    assert sum(isinstance(m, ExemplarNorm2d) for m in model.modules()) == 53
+    shape = (128, 128)
+    samples = []
+    for label in (0, 1):
+        sample = DetDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape,
+                                             batch_input_shape=shape, scale_factor=(1., 1.)))
+        sample.gt_instances = InstanceData(bboxes=torch.tensor([[10., 20., 80., 90.]]),
+                                           labels=torch.tensor([label]))
+        samples.append(sample)
+    data = dict(inputs=[torch.randint(0, 256, (3, *shape), dtype=torch.uint8)
+                        for _ in samples], data_samples=samples)
+    losses = model.train().train_step(
+        data, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01)))
+    assert all(torch.isfinite(loss) for loss in losses.values()), losses
