@@ -159,9 +159,9 @@ def test_convert_batchnorm_replaces_exactly_batchnorm2d_and_syncbatchnorm_and_lo
         BatchNormAct2d, FrozenBatchNorm2d, ExemplarNorm2d]
     assert caplog.messages == [
         'ExemplarNorm2d.convert_batchnorm: converted 3 layer(s) (BatchNorm2d: 1, '
-        'SyncBatchNorm: 1, _BatchNormXd: 1); left 7 normalization layer(s) as they were (BatchNorm1d: 1, '
-        'BatchNorm3d: 1, BatchNormAct2d: 1, FrozenBatchNorm2d: 1, GroupNorm: 1, '
-        'InstanceNorm2d: 1, LayerNorm: 1)']
+        'SyncBatchNorm: 1, _BatchNormXd: 1); left 7 normalization layer(s) as they were '
+        '(BatchNorm1d: 1, BatchNorm3d: 1, BatchNormAct2d: 1, FrozenBatchNorm2d: 1, '
+        'GroupNorm: 1, InstanceNorm2d: 1, LayerNorm: 1)']
 
 
 def test_convert_batchnorm_returns_a_new_layer_for_a_batchnorm_and_rejects_its_own_arguments():

@@ -1,6 +1,7 @@
 """Every mmseg model family trains with EN and SN: one config from each folder of mmseg's
 model zoo, every BatchNorm ``norm_cfg`` swapped for ``'EN'`` (``'SN'``), built and run for
-one training step at 128×128 (README.md, "Models that are not configs"; docs/method.md#any-channel-count)."""
+one training step at 128×128 (README.md, "Models that are not configs";
+docs/method.md#converting-a-built-model)."""
 import os
 import os.path as osp
 

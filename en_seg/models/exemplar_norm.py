@@ -14,7 +14,7 @@ def group_width(num_features: int, reduction: int) -> int:
     divisor of ``num_features`` (C) not above ``reduction``.
 
     The paper only asks for C / r groups (Sec. 3.3); our choice where r does not divide C
-    (docs/method.md#ratio-branch), so that C = 48, 72 or 35 (DeepLabV3+, HRNet, CGNet) gets
+    (docs/method.md#any-channel-count), so that C = 48, 72 or 35 (DeepLabV3+, HRNet, CGNet) gets
     r = 24, 24 or 7 from the default 32, and a layer narrower than r a single group.
 
     >>> from en_seg.models.exemplar_norm import group_width

@@ -183,8 +183,9 @@ class _MixedNorm(_InstanceNorm):
     @classmethod
     def convert_batchnorm(cls, module: nn.Module, **layer_kwargs) -> nn.Module:
         """Replace every ``nn.BatchNorm2d`` and ``nn.SyncBatchNorm`` (mmcv's ``SyncBN``
-        and mmengine's ``_BatchNormXd`` too) in a built model by this class's layer, as ``nn.SyncBatchNorm.convert_sync_batchnorm`` does for
-        SyncBatchNorm (docs/method.md#converting-a-built-model).
+        and mmengine's ``_BatchNormXd`` too) in a built model by this class's layer, as
+        ``nn.SyncBatchNorm.convert_sync_batchnorm`` does for SyncBatchNorm
+        (docs/method.md#converting-a-built-model).
 
         Each new layer starts as the BatchNorm it replaces: γ copied to every normalizer,
         β split evenly (the state-dict conversion of BatchNorm checkpoints), running
@@ -193,9 +194,10 @@ class _MixedNorm(_InstanceNorm):
         whose γ and β are frozen gets a frozen ratio branch too). A SyncBatchNorm becomes
         a layer with ``sync_stats=True`` over its process group. An ``affine=False``
         BatchNorm is converted with γ = 1 and β = 0 fixed (``requires_grad=False``), what
-        it computed; one built with ``bias=False`` with β = 0 fixed. Subclasses of BatchNorm2d (timm's ``BatchNormAct2d`` adds an
-        activation), torchvision's ``FrozenBatchNorm2d``, BatchNorm1d / 3d, GroupNorm,
-        LayerNorm and InstanceNorm are left as they are. One INFO record of the
+        it computed; one built with ``bias=False`` with β = 0 fixed. Subclasses of
+        BatchNorm2d (timm's ``BatchNormAct2d`` adds an activation), torchvision's
+        ``FrozenBatchNorm2d``, BatchNorm1d / 3d, GroupNorm, LayerNorm and InstanceNorm are
+        left as they are. One INFO record of the
         ``en_seg.models.conversion`` logger counts the layers converted and those left,
         by type.
 
