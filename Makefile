@@ -51,8 +51,10 @@ benchmark: $(STAMP)
 		--doc docs/benchmark_layer_model.md
 	$(PY) tools/benchmark.py instructions --doc docs/benchmark_layer_model.md
 
-# `make cuda-build`: compiles en_seg.ops._C with its CUDA kernels and checks that every op
-# has one (tools/check_cuda_build.py); needs nvcc, no GPU. It uses a second environment,
+# `make cuda-build`: compiles en_seg.ops._C with its CUDA kernels, checks that every op
+# has one (tools/check_cuda_build.py) and that the elementwise passes store 128 bits a
+# pack (tools/sass_report.py, its table in $(CUDA_BUILD)/sass_report.md); needs nvcc, no
+# GPU. It uses a second environment,
 # $(CUDA_VENV), with PyPI's CUDA build of torch: torch==2.13.0 from pip's default index is
 # built with CUDA 13.0, as is the nvcc here. This machine's pip configuration (config files
 # and PIP_FIND_LINKS) would install the CPU wheel on disk instead, so pip reads no config
@@ -72,7 +74,8 @@ CUDA_STAMP := $(CUDA_VENV)/.torch-installed
 
 $(CUDA_STAMP): Makefile
 	test -x $(CUDA_PY) || $(PYTHON) -m venv $(CUDA_VENV)
-	$(CUDA_PIP) install '$(CUDA_TORCH)' 'setuptools<82' wheel ninja numpy
+	$(CUDA_PIP) install '$(CUDA_TORCH)' 'setuptools<82' wheel ninja numpy \
+		nvidia-cuda-cuobjdump==13.5.37 nvidia-cuda-nvdisasm==13.5.37
 	touch $@
 
 cuda-build: $(CUDA_STAMP)
@@ -83,6 +86,7 @@ cuda-build: $(CUDA_STAMP)
 		$(CUDA_PIP) wheel --no-build-isolation --no-deps -w $(CUDA_BUILD)/dist .
 	$(CUDA_PIP) install --no-deps --force-reinstall $(CUDA_BUILD)/dist/*.whl
 	$(CUDA_PY) tools/check_cuda_build.py
+	$(CUDA_PY) tools/sass_report.py --check > $(CUDA_BUILD)/sass_report.md
 
 # `make test-pretrain`: tests/test_pretraining.py, the ImageNet pre-training with mmpretrain
 # (configs/exemplar_norm/resnet50-v1c_*_in1k.py) that starts a segmentation run, on the CPU.

@@ -28,6 +28,9 @@
 // branch (e.g. ratio_math.h's tanhf), `#if __CUDACC__` its CUDA one.
 #define __CUDACC__ 1
 #define __CUDA_ARCH__ 900
+// What only PTX can say (inline asm) is guarded by `#ifndef EN_SEG_CUDA_EMULATION`, beside
+// the C++ it stands for.
+#define EN_SEG_CUDA_EMULATION 1
 
 #define __global__
 #define __device__

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "channel_op_kernel.h"
 
@@ -447,16 +448,37 @@ __device__ __forceinline__ Pack<T, V> load(const T* p) {
   return *reinterpret_cast<const Pack<T, V>*>(p);
 }
 
+// nvcc 13.0 writes a plain 8- or 16-byte Pack store in these kernels as 4-byte STG.E
+// instructions, whatever alignment the source states (sm_90 SASS, tools/sass_report.py); an
+// explicit vector store (a weak st.global, as the plain one) keeps each pack one STG.E.64
+// or STG.E.128. The emulation, which runs no PTX, stores the pack as it is.
 template <int V, typename T>
 __device__ __forceinline__ void store(T* p, const Pack<T, V>& value) {
+#if defined(__CUDA_ARCH__) && !defined(EN_SEG_CUDA_EMULATION)
+  const size_t address = __cvta_generic_to_global(p);
+  if constexpr (sizeof(value) == 16) {
+    uint4 w;
+    memcpy(&w, &value, sizeof w);
+    asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};"
+        :: "l"(address), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w));
+    return;
+  } else if constexpr (sizeof(value) == 8) {
+    uint2 w;
+    memcpy(&w, &value, sizeof w);
+    asm("st.global.v2.b32 [%0], {%1, %2};" :: "l"(address), "r"(w.x), "r"(w.y));
+    return;
+  }
+#endif
   *reinterpret_cast<Pack<T, V>*>(p) = value;
 }
 
 bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// An elementwise op: coef(nc) reads the coefficients of row nc once; apply<V>(i, k)
-// computes the V values from i on, all in one row; aligned(bytes) tells whether every
-// pointer it reads or writes is.
+// An elementwise op: coef(nc) reads the coefficients of row nc once; load<V>(i) reads the
+// Inputs<V> of the V values from i on, all in one row, and apply<V>(i, inputs, k) computes
+// and stores them; aligned_to(bytes) tells whether every pointer it reads or writes is.
+// Loading apart from applying lets a thread have all its loads in flight before its
+// first store.
 
 // y = scale * (x - center) + shift.
 template <typename scalar_t>
@@ -469,13 +491,21 @@ struct AffineOp {
   const acc_t *center, *scale, *shift;
   scalar_t* __restrict__ y;
 
+  template <int V>
+  struct Inputs {
+    Pack<scalar_t, V> x;
+  };
+
   __device__ Coef coef(int64_t nc) const { return {center[nc], scale[nc], shift[nc]}; }
   template <int V>
-  __device__ void apply(int64_t i, const Coef& k) const {
-    const Pack<scalar_t, V> in = load<V>(x + i);
+  __device__ Inputs<V> load(int64_t i) const {
+    return {en_seg::cuda::load<V>(x + i)};
+  }
+  template <int V>
+  __device__ void apply(int64_t i, const Inputs<V>& in, const Coef& k) const {
     Pack<scalar_t, V> out;
     for (int u = 0; u < V; ++u) {
-      out.v[u] = from_acc<scalar_t>(k.scale * (to_acc(in.v[u]) - k.center) + k.shift);
+      out.v[u] = from_acc<scalar_t>(k.scale * (to_acc(in.x.v[u]) - k.center) + k.shift);
     }
     store<V>(y + i, out);
   }
@@ -494,16 +524,24 @@ struct InputGradOp {
   const acc_t *center, *dy_scale, *x_scale, *shift;
   scalar_t* __restrict__ dx;
 
+  template <int V>
+  struct Inputs {
+    Pack<scalar_t, V> dy, x;
+  };
+
   __device__ Coef coef(int64_t nc) const {
     return {center[nc], dy_scale[nc], x_scale[nc], shift[nc]};
   }
   template <int V>
-  __device__ void apply(int64_t i, const Coef& k) const {
-    const Pack<scalar_t, V> g = load<V>(dy + i), in = load<V>(x + i);
+  __device__ Inputs<V> load(int64_t i) const {
+    return {en_seg::cuda::load<V>(dy + i), en_seg::cuda::load<V>(x + i)};
+  }
+  template <int V>
+  __device__ void apply(int64_t i, const Inputs<V>& in, const Coef& k) const {
     Pack<scalar_t, V> out;
     for (int u = 0; u < V; ++u) {
-      out.v[u] = from_acc<scalar_t>(k.dy_scale * to_acc(g.v[u]) +
-                                    k.x_scale * (to_acc(in.v[u]) - k.center) + k.shift);
+      out.v[u] = from_acc<scalar_t>(k.dy_scale * to_acc(in.dy.v[u]) +
+                                    k.x_scale * (to_acc(in.x.v[u]) - k.center) + k.shift);
     }
     store<V>(dx + i, out);
   }
@@ -518,6 +556,8 @@ template <typename scalar_t>
 struct NormInputGradOp {
   using acc_t = acc_type<scalar_t>;
   using Coef = typename InputGradOp<scalar_t>::Coef;
+  template <int V>
+  using Inputs = typename InputGradOp<scalar_t>::template Inputs<V>;
   InputGradOp<scalar_t> pass;  // its coefficient pointers unused
   const acc_t *mean, *scale, *sum_dy, *grad_mean, *grad_var;
   acc_t inv_m;
@@ -527,8 +567,12 @@ struct NormInputGradOp {
             (grad_mean[nc] - scale[nc] * sum_dy[nc]) * inv_m};
   }
   template <int V>
-  __device__ void apply(int64_t i, const Coef& k) const {
-    pass.template apply<V>(i, k);
+  __device__ Inputs<V> load(int64_t i) const {
+    return pass.template load<V>(i);
+  }
+  template <int V>
+  __device__ void apply(int64_t i, const Inputs<V>& in, const Coef& k) const {
+    pass.template apply<V>(i, in, k);
   }
   bool aligned_to(int bytes) const { return pass.aligned_to(bytes); }
 };
@@ -541,9 +585,15 @@ __global__ void __launch_bounds__(kThreads) elementwise_rows_kernel(Op op, int64
   const auto k = op.coef(row);
   constexpr int64_t kChunk = int64_t(kThreads) * kUnroll * V;
   for (int64_t chunk = blockIdx.y; chunk * kChunk < hw; chunk += gridDim.y) {
+    const int64_t j0 = chunk * kChunk + threadIdx.x * V;
+    typename Op::template Inputs<V> in[kUnroll];
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t j = chunk * kChunk + (u * kThreads + threadIdx.x) * V;
-      if (j < hw) op.template apply<V>(row * hw + j, k);
+      const int64_t j = j0 + u * kThreads * V;
+      if (j < hw) in[u] = op.template load<V>(row * hw + j);
+    }
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t j = j0 + u * kThreads * V;
+      if (j < hw) op.template apply<V>(row * hw + j, in[u], k);
     }
   }
 }
@@ -560,7 +610,8 @@ __global__ void __launch_bounds__(kTileC * kTileRows)
   const int64_t row0 = chunk * rows_per_chunk;
   const int64_t row1 = min64(hw, row0 + rows_per_chunk);
   for (int64_t r = row0 + threadIdx.y; r < row1; r += kTileRows) {
-    op.template apply<1>((n * hw + r) * c + ch, k);
+    const int64_t i = (n * hw + r) * c + ch;
+    op.template apply<1>(i, op.template load<1>(i), k);
   }
 }
 
