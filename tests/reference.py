@@ -86,3 +86,37 @@ def ratio_inputs(n, k, c, r, dtype=torch.float64, device='cpu', seed=0, hidden=N
                normal(hidden, k * k, scale=1 / (k * groups)), normal(hidden, scale=0.1),
                normal(k, hidden, scale=hidden ** -0.5), normal(k, scale=0.1)]
     return [t.to(device, dtype).requires_grad_() for t in tensors]
+
+
+#: (dtype, scale) of moments near the dtype's overflow: float32 data of order 1e19 have a
+#: sum of squares past FLT_MAX and a finite variance, from 1e20 an infinite one; at 1e38
+#: the sums themselves overflow. Likewise for float64 around 1e154 and 1e300.
+HUGE_SCALES = [(torch.float32, 1e19), (torch.float32, 1e20), (torch.float32, 1e38),
+               (torch.bfloat16, 1e38), (torch.float64, 1e150), (torch.float64, 1e160),
+               (torch.float64, 1e300)]
+
+
+def huge_activation(shape, dtype, scale, channels_last=False, seed=0):
+    """Values uniform in ±1.5·scale, and the first two channels constant at scale."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=gen, dtype=torch.float64) * 3 - 1.5
+    x[:, :2] = 1.0
+    x = (x * scale).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else
+                        torch.contiguous_format)
+
+
+def assert_moments_follow_var_mean(x, mean, var, scale):
+    """(N, C) moments of x as torch.var_mean gives them from float64, rounded to the
+    statistics' dtype: never NaN; a constant plane exactly its value with variance 0; an
+    infinite variance where that one is; else equal to 1e-4 (the mean to 1e-5 of scale)."""
+    expected_var, expected_mean = torch.var_mean(x.double(), dim=(2, 3), unbiased=False)
+    expected_var, expected_mean = expected_var.to(var.dtype), expected_mean.to(mean.dtype)
+    assert not mean.isnan().any() and not var.isnan().any()
+    constant = (x.amax((2, 3)) == x.amin((2, 3)))
+    assert torch.equal(var[constant], torch.zeros_like(var[constant]))
+    assert torch.equal(mean[constant], x[:, :, 0, 0][constant].to(mean.dtype))
+    finite = torch.isfinite(expected_var)
+    assert torch.isinf(var[~finite]).all()
+    torch.testing.assert_close(var[finite], expected_var[finite], rtol=1e-4, atol=0)
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-4, atol=1e-5 * scale)

@@ -16,7 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
 from en_seg.ops import CUDA_KERNELS_AVAILABLE, EXTENSION_AVAILABLE, channel_affine_norm
-from reference import exemplar_norm, randomized, switchable_norm
+from reference import (HUGE_SCALES, assert_moments_follow_var_mean, exemplar_norm,
+                       huge_activation, randomized, switchable_norm)
 
 pytestmark = pytest.mark.skipif(
     not EXTENSION_AVAILABLE,
@@ -119,6 +120,17 @@ def test_moments_have_no_cancellation_at_a_large_offset(channels_last):
     var64, mean64 = torch.var_mean(x.double(), dim=(2, 3), correction=0)
     torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=0)
     torch.testing.assert_close(mean.double(), mean64, rtol=3e-7, atol=0)
+
+
+@pytest.mark.parametrize('dtype, scale', HUGE_SCALES)
+@pytest.mark.parametrize('shape', [(2, 5, 40, 77), (1, 70, 100, 91)])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_moments_near_overflow_follow_var_mean(dtype, scale, shape, channels_last):
+    # Never NaN from finite data: a constant plane of 1e20 has variance 0, and every sum is
+    # taken so that it overflows only where the moment does (docs/method.md#statistics).
+    x = huge_activation(shape, dtype, scale, channels_last)
+    mean, var = ops.channel_moments(x)
+    assert_moments_follow_var_mean(x, mean, var, scale)
 
 
 @pytest.mark.parametrize('channels_last', [False, True])

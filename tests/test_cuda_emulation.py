@@ -46,7 +46,8 @@ import torch
 import en_seg.ops.coefficient_op  # noqa: F401  (registers torch.ops.en_seg.*, the CPU kernels)
 from cuda_emulation import build, kernels
 from cuda_emulation.kernels import EmulationError, Probe
-from reference import ratio_inputs
+from reference import (HUGE_SCALES, assert_moments_follow_var_mean, huge_activation,
+                       ratio_inputs)
 
 ops = torch.ops.en_seg
 pytestmark = pytest.mark.skipif(
@@ -165,6 +166,16 @@ def test_channel_moments(channel_op, in_every_order, shape, dtype, channels_last
     rtol, atol = tolerance(dtype)
     assert_close_scaled(mean, expected_mean, rtol, atol)
     assert_close_scaled(var, expected_var, rtol, atol)
+
+
+@pytest.mark.parametrize('dtype, scale', HUGE_SCALES)
+@shapes
+@layouts
+def test_channel_moments_near_overflow_follow_var_mean(channel_op, in_every_order, shape,
+                                                       dtype, scale, channels_last):
+    x = huge_activation(shape, dtype, scale, channels_last)
+    mean, var = in_every_order(lambda: channel_op.channel_moments(x, channels_last))
+    assert_moments_follow_var_mean(x, mean, var, scale)
 
 
 @dtypes

@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -45,25 +46,52 @@ constexpr int64_t kBlock = 1024;
 // threads, few enough that the (N, segments, C) partial results stay small next to X.
 constexpr int64_t kMaxSegments = 16;
 
-// count values' mean and sum of squared deviations m2.
+// count values' mean and biased variance. The variance, not the sum of squared deviations,
+// so that a state overflows only where its variance does (float32 data of order 1e19 have a
+// finite variance and a sum of squares past FLT_MAX).
 template <typename acc_t>
 struct Moments {
   int64_t count = 0;
   acc_t mean = 0;
-  acc_t m2 = 0;
+  acc_t var = 0;
 
-  // Chan, Golub & LeVeque's pairwise merge: exact for any split of the data and free of
-  // the cancellation of E[x²] - E[x]².
-  void merge(int64_t count_b, acc_t mean_b, acc_t m2_b) {
+  // Chan, Golub & LeVeque's pairwise merge, in variances: exact for any split of the data,
+  // free of the cancellation of E[x²] - E[x]². The first state is taken as it is (an empty
+  // one has no mean to subtract), and δ² is formed as δ (δ w_a w_b), which overflows only
+  // where the merged variance does.
+  void merge(int64_t count_b, acc_t mean_b, acc_t var_b) {
     if (count_b == 0) return;
+    if (count == 0) {
+      *this = {count_b, mean_b, var_b};
+      return;
+    }
     const int64_t total = count + count_b;
     const acc_t delta = mean_b - mean;
-    const acc_t weight_b = acc_t(count_b) / acc_t(total);
+    const acc_t weight_a = acc_t(count) / acc_t(total), weight_b = acc_t(count_b) / acc_t(total);
     mean += delta * weight_b;
-    m2 += m2_b + delta * delta * acc_t(count) * weight_b;
+    var = weight_a * var + weight_b * var_b + delta * (delta * (weight_a * weight_b));
     count = total;
   }
 };
+
+// Moments of len values whose plain sums in block_moments overflowed: shifted by the first
+// value and scaled before they are summed, so that no partial result exceeds the moments
+// themselves (a constant block stays exactly its value, variance 0). Scalar and slower;
+// reached only where a sum was not finite (|x| of order FLT_MAX / len, or NaN / Inf data).
+template <typename acc_t>
+Moments<acc_t> scaled_moments(const acc_t* x, int64_t stride, int64_t len) {
+  const acc_t inv = acc_t(1) / acc_t(len), root = std::sqrt(inv);
+  acc_t shift = 0;
+  for (int64_t i = 0; i < len; ++i) shift += (x[i * stride] - x[0]) * inv;
+  const acc_t mean = x[0] + shift;
+  acc_t var = 0, residual = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const acc_t d = x[i * stride] - mean, scaled = d * root;
+    var += scaled * scaled;
+    residual += d * inv;
+  }
+  return {len, mean + residual, std::max(acc_t(0), var - residual * residual)};
+}
 
 // `len` values of `src` as acc_t: `src` itself when it already has that type, else a
 // converted copy in `buf`.
@@ -190,9 +218,10 @@ Moments<acc_t> block_moments(const acc_t* x, int64_t len) {
       residual += d;
     }
   }
+  if (!std::isfinite(sum) || !std::isfinite(m2)) return scaled_moments(x, 1, len);
   // (Σ d)² <= len Σ d², but rounding may leave a constant block a tiny negative m2.
   return {len, mean + residual / acc_t(len),
-          std::max(acc_t(0), m2 - residual * residual / acc_t(len))};
+          std::max(acc_t(0), m2 - residual * residual / acc_t(len)) / acc_t(len)};
 }
 
 template <typename scalar_t, typename acc_t>
@@ -207,10 +236,10 @@ void moments_channels_first(const Activation& x, acc_t* mean, acc_t* var) {
       for (int64_t start = 0; start < hw; start += kBlock) {
         const int64_t len = std::min(kBlock, hw - start);
         const Moments<acc_t> b = block_moments(as_acc(x_row + start, len, buf.data()), len);
-        total.merge(b.count, b.mean, b.m2);
+        total.merge(b.count, b.mean, b.var);
       }
       mean[row] = total.mean;
-      var[row] = total.m2 / acc_t(hw);
+      var[row] = total.var;
     }
   });
 }
@@ -234,20 +263,20 @@ constexpr int64_t kTileRows = 64;
 constexpr int64_t kTileChannels = 64;
 
 // One segment of a channels_last sample (num_rows rows of c channels): per channel, the
-// moments of every tile by two passes, merged in row order by Chan's formula, vectorized
-// across channels (all channels of a tile share one count). Writes the segment's
-// per-channel mean and m2; `buf` holds a converted tile for half precision.
+// moments of every tile by two passes, the first shifted by the tile's first row (a constant
+// column keeps its value exactly, variance 0), merged in row order by Moments' formula,
+// vectorized across channels (all channels of a tile share one count). Writes the segment's
+// per-channel mean and variance; `buf` holds a converted tile for half precision.
 template <typename scalar_t, typename acc_t>
 void segment_moments(const scalar_t* rows, int64_t num_rows, int64_t c, acc_t* buf,
-                     acc_t* mean, acc_t* m2) {
+                     acc_t* mean, acc_t* var) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
+  acc_t tile_mean[kTileChannels], tile_var[kTileChannels];
   for (int64_t c0 = 0; c0 < c; c0 += kTileChannels) {
     const int64_t width = std::min(kTileChannels, c - c0);
     acc_t* run_mean = mean + c0;
-    acc_t* run_m2 = m2 + c0;
-    std::fill(run_mean, run_mean + width, acc_t(0));
-    std::fill(run_m2, run_m2 + width, acc_t(0));
+    acc_t* run_var = var + c0;
     int64_t count = 0;
     for (int64_t r0 = 0; r0 < num_rows; r0 += kTileRows) {
       const int64_t height = std::min(kTileRows, num_rows - r0);
@@ -265,38 +294,63 @@ void segment_moments(const scalar_t* rows, int64_t num_rows, int64_t c, acc_t* b
         stride = width;
       }
       const acc_t inv_height = acc_t(1) / acc_t(height);
-      // Chan's merge of (count, run) with (height, tile): weights of the tile's mean and of
-      // the squared difference of the means.
-      const acc_t weight_b = acc_t(height) / acc_t(count + height);
-      const acc_t weight_ab = acc_t(count) * weight_b;
       int64_t i = 0;
       for (; i + V <= width; i += V) {
-        Vec sum(acc_t(0));
-        for (int64_t r = 0; r < height; ++r) sum += Vec::loadu(tile + r * stride + i);
-        const Vec tile_mean = sum * Vec(inv_height);
+        const Vec first = Vec::loadu(tile + i);
+        Vec shift(acc_t(0));
+        for (int64_t r = 1; r < height; ++r) shift += Vec::loadu(tile + r * stride + i) - first;
+        const Vec m = at::vec::fmadd(shift, Vec(inv_height), first);
         Vec sq(acc_t(0));
         for (int64_t r = 0; r < height; ++r) {
-          const Vec d = Vec::loadu(tile + r * stride + i) - tile_mean;
+          const Vec d = Vec::loadu(tile + r * stride + i) - m;
           sq = at::vec::fmadd(d, d, sq);
         }
-        const Vec run = Vec::loadu(run_mean + i);
-        const Vec delta = tile_mean - run;
-        at::vec::fmadd(delta, Vec(weight_b), run).store(run_mean + i);
-        at::vec::fmadd(delta * delta, Vec(weight_ab), Vec::loadu(run_m2 + i) + sq)
-            .store(run_m2 + i);
+        m.store(tile_mean + i);
+        (sq * Vec(inv_height)).store(tile_var + i);
       }
       for (; i < width; ++i) {
-        acc_t sum = 0;
-        for (int64_t r = 0; r < height; ++r) sum += tile[r * stride + i];
-        const acc_t tile_mean = sum * inv_height;
+        acc_t shift = 0;
+        for (int64_t r = 1; r < height; ++r) shift += tile[r * stride + i] - tile[i];
+        const acc_t m = tile[i] + shift * inv_height;
         acc_t sq = 0;
         for (int64_t r = 0; r < height; ++r) {
-          const acc_t d = tile[r * stride + i] - tile_mean;
+          const acc_t d = tile[r * stride + i] - m;
           sq += d * d;
         }
-        const acc_t delta = tile_mean - run_mean[i];
+        tile_mean[i] = m;
+        tile_var[i] = sq * inv_height;
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        if (!std::isfinite(tile_mean[j]) || !std::isfinite(tile_var[j])) {
+          const Moments<acc_t> m = scaled_moments(tile + j, stride, height);
+          tile_mean[j] = m.mean;
+          tile_var[j] = m.var;
+        }
+      }
+      if (count == 0) {
+        std::copy(tile_mean, tile_mean + width, run_mean);
+        std::copy(tile_var, tile_var + width, run_var);
+        count = height;
+        continue;
+      }
+      // Moments::merge of (count, run) with (height, tile), across channels.
+      const acc_t weight_a = acc_t(count) / acc_t(count + height);
+      const acc_t weight_b = acc_t(height) / acc_t(count + height);
+      const acc_t weight_ab = weight_a * weight_b;
+      i = 0;
+      for (; i + V <= width; i += V) {
+        const Vec run = Vec::loadu(run_mean + i);
+        const Vec delta = Vec::loadu(tile_mean + i) - run;
+        at::vec::fmadd(delta, Vec(weight_b), run).store(run_mean + i);
+        const Vec spread = Vec(weight_a) * Vec::loadu(run_var + i) +
+                           Vec(weight_b) * Vec::loadu(tile_var + i);
+        at::vec::fmadd(delta, delta * Vec(weight_ab), spread).store(run_var + i);
+      }
+      for (; i < width; ++i) {
+        const acc_t delta = tile_mean[i] - run_mean[i];
         run_mean[i] += delta * weight_b;
-        run_m2[i] += sq + delta * delta * weight_ab;
+        run_var[i] = weight_a * run_var[i] + weight_b * tile_var[i] +
+                     delta * (delta * weight_ab);
       }
       count += height;
     }
@@ -308,7 +362,7 @@ void moments_channels_last(const Activation& x, acc_t* mean, acc_t* var) {
   const scalar_t* data = x.tensor.const_data_ptr<scalar_t>();
   const int64_t c = x.c, hw = x.hw;
   const Segments seg(hw, c);
-  // Per (n, segment): C means then C m2s.
+  // Per (n, segment): C means then C variances.
   std::vector<acc_t> partial(x.n * seg.count * 2 * c);
   at::parallel_for(0, x.n * seg.count, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(std::is_same_v<scalar_t, acc_t> ? 0 : kTileRows * kTileChannels);
@@ -330,7 +384,7 @@ void moments_channels_last(const Activation& x, acc_t* mean, acc_t* var) {
         total.merge(rows, part[ch], part[c + ch]);
       }
       mean[nc] = total.mean;
-      var[nc] = total.m2 / acc_t(hw);
+      var[nc] = total.var;
     }
   });
 }

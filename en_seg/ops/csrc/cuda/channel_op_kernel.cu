@@ -95,35 +95,46 @@ __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return
 // ------------------------------------------------------------------------------------------
 // Reduction state and its merges
 
-// count values' mean and sum of squared deviations m2.
+// count values' mean and biased variance: the variance, not the sum of squared deviations,
+// so that a state overflows only where its variance does (as the CPU kernels' Moments).
 template <typename acc_t>
 struct Moments {
   int64_t count;
-  acc_t mean, m2;
+  acc_t mean, var;
 };
 
-// Chan, Golub & LeVeque's pairwise merge: exact for any split, free of the cancellation of
-// E[x²] - E[x]².
+// Chan, Golub & LeVeque's pairwise merge, in variances: exact for any split, free of the
+// cancellation of E[x²] - E[x]². An empty state gives way to the other (it has no mean to
+// subtract), and δ² is formed as δ (δ w_a w_b), which overflows only where the merged
+// variance does.
 template <typename acc_t>
 __device__ __forceinline__ Moments<acc_t> merge(const Moments<acc_t>& a,
                                                 const Moments<acc_t>& b) {
   if (b.count == 0) return a;
+  if (a.count == 0) return b;
   const int64_t count = a.count + b.count;
   const acc_t delta = b.mean - a.mean;
-  const acc_t weight_b = acc_t(b.count) / acc_t(count);
+  const acc_t weight_a = acc_t(a.count) / acc_t(count), weight_b = acc_t(b.count) / acc_t(count);
   return {count, a.mean + delta * weight_b,
-          a.m2 + b.m2 + delta * delta * acc_t(a.count) * weight_b};
+          weight_a * a.var + weight_b * b.var + delta * (delta * (weight_a * weight_b))};
 }
 
-// Moments of the first k values of v, by two passes in registers.
+// Moments of the first k (1 or kUnroll) values of v, by two passes in registers: shifted by
+// v[0], so a constant group is its value exactly, and scaled by 1 / k (a power of two) and
+// its root before the sums, so no partial result exceeds the moments.
 template <typename acc_t>
 __device__ __forceinline__ Moments<acc_t> group_moments(const acc_t (&v)[kUnroll], int k) {
-  acc_t sum = 0;
-  for (int i = 0; i < k; ++i) sum += v[i];
-  const acc_t mean = sum / acc_t(k);
-  acc_t m2 = 0;
-  for (int i = 0; i < k; ++i) m2 += (v[i] - mean) * (v[i] - mean);
-  return {k, mean, m2};
+  static_assert(kUnroll == 4, "1 / k and its root must be exact");
+  const acc_t inv = k == 1 ? acc_t(1) : acc_t(0.25), root = k == 1 ? acc_t(1) : acc_t(0.5);
+  acc_t shift = 0;
+  for (int i = 1; i < k; ++i) shift += (v[i] - v[0]) * inv;
+  const acc_t mean = v[0] + shift;
+  acc_t var = 0;
+  for (int i = 0; i < k; ++i) {
+    const acc_t d = (v[i] - mean) * root;
+    var += d * d;
+  }
+  return {k, mean, var};
 }
 
 // Σ dy and Σ dy (x - center).
@@ -142,7 +153,7 @@ template <typename acc_t>
 __device__ __forceinline__ Moments<acc_t> shuffle_down(const Moments<acc_t>& m, int offset) {
   return {__shfl_down_sync(0xffffffffu, m.count, offset),
           __shfl_down_sync(0xffffffffu, m.mean, offset),
-          __shfl_down_sync(0xffffffffu, m.m2, offset)};
+          __shfl_down_sync(0xffffffffu, m.var, offset)};
 }
 
 template <typename acc_t>
@@ -274,11 +285,10 @@ __global__ void __launch_bounds__(kThreads)
     m = merge(m, group_moments(v, 1));
   }
   m = block_reduce(m, Moments<acc_t>{0, acc_t(0), acc_t(0)}, warps);
-  // A segment's partial result is (mean, m2); a whole row's is (mean, biased variance).
-  if (threadIdx.x == 0) out.write(row, c, seg, m.mean, seg.count == 1 ? m.m2 / acc_t(hw) : m.m2);
+  if (threadIdx.x == 0) out.write(row, c, seg, m.mean, m.var);
 }
 
-// Grid (N * segments, channel tiles); writes per (n, segment) C means then C m2s.
+// Grid (N * segments, channel tiles); writes per (n, segment) C means then C variances.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kTileC * kTileRows)
     moments_segments_kernel(const scalar_t* __restrict__ x, int64_t hw, int64_t c,
@@ -308,7 +318,7 @@ __global__ void __launch_bounds__(kTileC * kTileRows)
   if (threadIdx.y == 0 && ch < c) {
     acc_t* out = partial + task * 2 * c;
     out[ch] = m.mean;
-    out[c + ch] = m.m2;
+    out[c + ch] = m.var;
   }
 }
 
@@ -327,7 +337,7 @@ __global__ void merge_moment_segments_kernel(const acc_t* __restrict__ partial, 
     m = merge(m, Moments<acc_t>{rows, part[ch], part[c + ch]});
   }
   mean[i] = m.mean;
-  var[i] = m.m2 / acc_t(hw);
+  var[i] = m.var;
 }
 
 // ------------------------------------------------------------------------------------------
