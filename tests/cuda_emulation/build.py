@@ -28,8 +28,9 @@ CXX = shutil.which('g++')
 KERNELS = {'channel_op': (), 'ratio_op': (), 'coefficient_op': ('ratio_op',)}
 
 _COMMON_FLAGS = ['-std=c++20', '-fPIC', '-fvisibility=hidden',
-                 # nvcc would contract a * b + c into an FMA; g++ may too on some targets.
-                 # Neither is what the references compute, so keep every operation rounded.
+                 # nvcc contracts a * b + c into an FMA, g++ may too on some targets; the
+                 # emulation rounds every operation as the references do, and a GPU agrees
+                 # with it to a tolerance (the rule: docs/method.md#precision).
                  '-ffp-contract=off', '-Wall',
                  '-I', str(HERE / 'include'), '-I', str(HERE), '-I', str(KERNEL_DIR)]
 VARIANT_FLAGS = {
