@@ -2,8 +2,10 @@
 
 For every kernel of the installed ``en_seg/ops/_C*.so`` (``make cuda-build``), or of the
 library given, prints one Markdown row for one architecture (default sm_90): registers,
-stack (spills), static shared memory, and its global loads and stores counted by width
-in bits (``128x4`` is four 128-bit instructions), read from its SASS. docs/cuda_sass.md
+stack bytes (a call frame, e.g. of the float64 division routine, or spills), local-memory
+instructions (LDL / STL: spills or arrays the compiler could not keep in registers),
+static shared memory, and its global loads and stores counted by width in bits (``128x4``
+is four 128-bit instructions), read from its SASS. docs/cuda_sass.md
 holds the table and what it means.
 
 ``--check`` also asserts what the elementwise passes were written for (docs/cuda_sass.md):
@@ -32,6 +34,7 @@ from check_cuda_build import installed_library
 MEMORY = re.compile(r'\b(LDG|STG)\.E((?:\.[A-Z0-9]+)*)')
 WIDTHS = {'U8': 8, 'S8': 8, 'U16': 16, 'S16': 16, '64': 64, '128': 128}
 RESOURCES = re.compile(r'REG:(\d+) STACK:(\d+) SHARED:(\d+)')
+LOCAL = re.compile(r'\b(LDL|STL)\b')
 #: Loads of each input a thread of a packed elementwise kernel issues before it stores
 #: (kUnroll in channel_op_kernel.cu).
 UNROLL = 4
@@ -78,7 +81,7 @@ def kernels(library: Path, arch: str) -> Dict[str, dict]:
     """Per mangled kernel name: registers, stack, shared bytes, and Counters of the widths
     of its global loads and stores, in program order for ``order``."""
     result: Dict[str, dict] = defaultdict(lambda: {'loads': Counter(), 'stores': Counter(),
-                                                   'order': []})
+                                                   'order': [], 'local': 0})
     name = None
     for line in cuobjdump(library, arch, '-res-usage').splitlines():
         if line.strip().startswith('Function '):
@@ -88,6 +91,8 @@ def kernels(library: Path, arch: str) -> Dict[str, dict]:
     for line in cuobjdump(library, arch, '-sass').splitlines():
         if 'Function :' in line:
             name = line.split(':', 1)[1].strip()
+        elif name and LOCAL.search(line):
+            result[name]['local'] += 1
         elif name and (match := MEMORY.search(line)):
             suffixes = match.group(2).strip('.').split('.')
             bits = next((WIDTHS[s] for s in suffixes if s in WIDTHS), 32)
@@ -102,11 +107,11 @@ def widths(counts: Counter) -> str:
 
 
 def table(found: Dict[str, dict]) -> List[str]:
-    lines = ['| kernel | registers | stack | shared | global loads | global stores |',
-             '|---|---:|---:|---:|---|---|']
+    lines = ['| kernel | registers | stack | local | shared | global loads | global stores |',
+             '|---|---:|---:|---:|---:|---|---|']
     for mangled, k in sorted(found.items(), key=lambda item: readable(item[0])):
         lines.append(f'| `{readable(mangled)}` | {k.get("registers", "?")} | '
-                     f'{k.get("stack", "?")} | {k.get("shared", "?")} | '
+                     f'{k.get("stack", "?")} | {k["local"]} | {k.get("shared", "?")} | '
                      f'{widths(k["loads"])} | {widths(k["stores"])} |')
     return lines
 

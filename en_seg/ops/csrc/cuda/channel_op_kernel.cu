@@ -8,8 +8,8 @@
 // Channels first, every (n, c) plane is a contiguous row of H * W values: a reduction gives
 // a block to a row, or, when there are too few rows to fill the GPU (a small batch of
 // wide planes, such as the stem's), to a segment of a row; an elementwise pass gives a
-// block a chunk of one row, so the row's coefficients are read once, and moves 16 bytes
-// per load and store where the rows allow it. channels_last, every sample is an
+// block a chunk of one row, so the row's coefficients are read once. Both move 16 bytes
+// per load (and store) where the rows allow it, kUnroll of them in flight per thread. channels_last, every sample is an
 // (H * W) x C matrix: a block is 32 consecutive channels (one coalesced 128-byte line per
 // row for float32) by 8 rows, so a thread keeps one channel and its coefficients;
 // reductions split the rows of a sample into segments. Segments' partial results are merged
@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 
 #include "channel_op_kernel.h"
 
@@ -31,9 +32,10 @@ namespace {
 constexpr int kWarp = 32;
 // Threads of a channels-first block.
 constexpr int kThreads = 256;
-// Values a thread loads per loop step (memory-level parallelism; one division per step in
-// the moments).
+// Loads a thread has in flight per loop step (memory-level parallelism).
 constexpr int kUnroll = 4;
+// Values group_moments takes at once.
+constexpr int kGroup = 4;
 // channels_last block: kTileC channels by kTileRows rows.
 constexpr int kTileC = 32;
 constexpr int kTileRows = 8;
@@ -48,8 +50,10 @@ constexpr int64_t kMinRowSegment = int64_t(kThreads) * kUnroll * 4;
 // Grid limits.
 constexpr int64_t kMaxGridX = 2147483647;
 constexpr int64_t kMaxGridY = 65535;
-// Bytes an elementwise pass moves per load and store where the rows allow.
+// Bytes a pass over rows moves per load and store where the rows allow, and the most
+// values that makes (16-bit types).
 constexpr int kVectorBytes = 16;
+constexpr int64_t kMaxPack = kVectorBytes / 2;
 
 // block_reduce keeps one state per warp and reduces them with a single warp.
 static_assert(kThreads % kWarp == 0 && kThreads / kWarp <= kWarp,
@@ -93,6 +97,46 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // ------------------------------------------------------------------------------------------
+// Packs: 16-byte loads and stores
+
+// V consecutive values, moved by one load or store of V * sizeof(T) bytes.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+template <int V, typename T>
+__device__ __forceinline__ Pack<T, V> load(const T* p) {
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+}
+
+// nvcc 13.0 writes a plain 8- or 16-byte Pack store in these kernels as 4-byte STG.E
+// instructions, whatever alignment the source states (sm_90 SASS, tools/sass_report.py); an
+// explicit vector store (a weak st.global, as the plain one) keeps each pack one STG.E.64
+// or STG.E.128. The emulation, which runs no PTX, stores the pack as it is.
+template <int V, typename T>
+__device__ __forceinline__ void store(T* p, const Pack<T, V>& value) {
+#if defined(__CUDA_ARCH__) && !defined(EN_SEG_CUDA_EMULATION)
+  const size_t address = __cvta_generic_to_global(p);
+  if constexpr (sizeof(value) == 16) {
+    uint4 w;
+    memcpy(&w, &value, sizeof w);
+    asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};"
+        :: "l"(address), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w));
+    return;
+  } else if constexpr (sizeof(value) == 8) {
+    uint2 w;
+    memcpy(&w, &value, sizeof w);
+    asm("st.global.v2.b32 [%0], {%1, %2};" :: "l"(address), "r"(w.x), "r"(w.y));
+    return;
+  }
+#endif
+  *reinterpret_cast<Pack<T, V>*>(p) = value;
+}
+
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// ------------------------------------------------------------------------------------------
 // Reduction state and its merges
 
 // count values' mean and biased variance: the variance, not the sum of squared deviations,
@@ -119,13 +163,14 @@ __device__ __forceinline__ Moments<acc_t> merge(const Moments<acc_t>& a,
           weight_a * a.var + weight_b * b.var + delta * (delta * (weight_a * weight_b))};
 }
 
-// Moments of the first k (1 or kUnroll) values of v, by two passes in registers: shifted by
-// v[0], so a constant group is its value exactly, and scaled by 1 / k (a power of two) and
-// its root before the sums, so no partial result exceeds the moments.
+// Moments of the first k (1, 2 or 4) values of v, by two passes in registers: shifted by
+// v[0], so a constant group is its value exactly, and scaled by 1 / k (exact) and its root
+// before the sums, so no partial result exceeds the moments.
 template <typename acc_t>
-__device__ __forceinline__ Moments<acc_t> group_moments(const acc_t (&v)[kUnroll], int k) {
-  static_assert(kUnroll == 4, "1 / k and its root must be exact");
-  const acc_t inv = k == 1 ? acc_t(1) : acc_t(0.25), root = k == 1 ? acc_t(1) : acc_t(0.5);
+__device__ __forceinline__ Moments<acc_t> group_moments(const acc_t (&v)[kGroup], int k) {
+  static_assert(kGroup == 4, "1 / k below is for k = 1, 2 or 4");
+  const acc_t inv = k == 1 ? acc_t(1) : k == 2 ? acc_t(0.5) : acc_t(0.25);
+  const acc_t root = k == 1 ? acc_t(1) : k == 2 ? acc_t(0.70710678118654752440) : acc_t(0.5);
   acc_t shift = 0;
   for (int i = 1; i < k; ++i) shift += (v[i] - v[0]) * inv;
   const acc_t mean = v[0] + shift;
@@ -209,7 +254,8 @@ struct Segments {
     if (channels_last) return of(std::max(kMinSegmentRows, ceil_div(hw, kMaxSegments)), hw);
     const int64_t wanted = min64(ceil_div(kFillBlocks, n * c), ceil_div(hw, kMinRowSegment));
     if (wanted <= 1) return {hw, 1};
-    return of(ceil_div(hw, min64(wanted, kMaxSegments)), hw);
+    // Whole 16-byte packs of every dtype a segment (reduction_pack).
+    return of(ceil_div(ceil_div(hw, min64(wanted, kMaxSegments)), kMaxPack) * kMaxPack, hw);
   }
 };
 
@@ -222,6 +268,18 @@ Segments segments(const Activation& s) {
 int rows_block_threads(int64_t values) {
   const int64_t warps = ceil_div(ceil_div(values, kUnroll), kWarp);
   return static_cast<int>(min64(kThreads, warps * kWarp));
+}
+
+// Values a channels-first reduction's thread loads at once: a 16-byte pack where every row
+// and segment starts on a pack boundary of 16-byte aligned tensors (segments are whole
+// kMaxPack values), else 1.
+template <typename scalar_t>
+int reduction_pack(const Activation& s, std::initializer_list<const void*> tensors) {
+  constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+  for (const void* p : tensors) {
+    if (!aligned(p, kVectorBytes)) return 1;
+  }
+  return s.hw % kPack == 0 ? kPack : 1;
 }
 
 // No (n, c) pairs: nothing to launch (a grid may not be empty).
@@ -261,8 +319,24 @@ struct RowsOutput {
   }
 };
 
-// Grid (N * C rows, segments of each row).
-template <typename scalar_t>
+// m merged with the moments of the `count` values of `values`, kGroup at a time in order.
+template <typename acc_t>
+__device__ __forceinline__ Moments<acc_t> merge_groups(Moments<acc_t> m, const acc_t* values,
+                                                       int count) {
+#pragma unroll
+  for (int g = 0; g < count; g += kGroup) {
+    const int k = count - g < kGroup ? count - g : kGroup;
+    acc_t v[kGroup];
+#pragma unroll
+    for (int j = 0; j < kGroup; ++j) v[j] = j < k ? values[g + j] : acc_t(0);
+    m = merge(m, group_moments(v, k));
+  }
+  return m;
+}
+
+// Grid (N * C rows, segments of each row); a thread takes packs of V values (16 bytes where
+// the row allows, reduction_pack), kUnroll of them in flight.
+template <int V, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     moments_rows_kernel(const scalar_t* __restrict__ x, int64_t hw, int64_t c, Segments seg,
                         RowsOutput<acc_type<scalar_t>> out) {
@@ -272,17 +346,23 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t begin = int64_t(blockIdx.y) * seg.rows_per_segment;
   const int64_t end = min64(hw, begin + seg.rows_per_segment);
   const scalar_t* x_row = x + row * hw;
-  const int64_t step = blockDim.x;
+  const int64_t step = int64_t(blockDim.x) * V;
   Moments<acc_t> m{0, acc_t(0), acc_t(0)};
-  int64_t i = begin + threadIdx.x;
+  int64_t i = begin + int64_t(threadIdx.x) * V;
   for (; i + (kUnroll - 1) * step < end; i += kUnroll * step) {
-    acc_t v[kUnroll];
-    for (int u = 0; u < kUnroll; ++u) v[u] = to_acc(x_row[i + u * step]);
-    m = merge(m, group_moments(v, kUnroll));
+    Pack<scalar_t, V> p[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) p[u] = load<V>(x_row + i + u * step);
+    acc_t v[kUnroll * V];
+    for (int u = 0; u < kUnroll; ++u) {
+      for (int j = 0; j < V; ++j) v[u * V + j] = to_acc(p[u].v[j]);
+    }
+    m = merge_groups(m, v, kUnroll * V);
   }
   for (; i < end; i += step) {
-    const acc_t v[kUnroll] = {to_acc(x_row[i])};
-    m = merge(m, group_moments(v, 1));
+    const Pack<scalar_t, V> p = load<V>(x_row + i);
+    acc_t v[V];
+    for (int j = 0; j < V; ++j) v[j] = to_acc(p.v[j]);
+    m = merge_groups(m, v, V);
   }
   m = block_reduce(m, Moments<acc_t>{0, acc_t(0), acc_t(0)}, warps);
   if (threadIdx.x == 0) out.write(row, c, seg, m.mean, m.var);
@@ -343,8 +423,8 @@ __global__ void merge_moment_segments_kernel(const acc_t* __restrict__ partial, 
 // ------------------------------------------------------------------------------------------
 // channel_affine_grad_sums
 
-// Grid (N * C rows, segments of each row).
-template <typename scalar_t>
+// Grid (N * C rows, segments of each row); packs of V values as in the moments.
+template <int V, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     grad_sums_rows_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                           int64_t hw, int64_t c, Segments seg,
@@ -358,25 +438,31 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* dy_row = dy + row * hw;
   const scalar_t* x_row = x + row * hw;
   const acc_t ctr = center[row];
-  const int64_t step = blockDim.x;
+  const int64_t step = int64_t(blockDim.x) * V;
   GradSums<acc_t> s{acc_t(0), acc_t(0)};
-  int64_t i = begin + threadIdx.x;
-  // kUnroll load pairs in flight, as in the moments.
+  int64_t i = begin + int64_t(threadIdx.x) * V;
+  // kUnroll pack pairs in flight, as in the moments.
   for (; i + (kUnroll - 1) * step < end; i += kUnroll * step) {
-    acc_t g[kUnroll], v[kUnroll];
+    Pack<scalar_t, V> g[kUnroll], v[kUnroll];
     for (int u = 0; u < kUnroll; ++u) {
-      g[u] = to_acc(dy_row[i + u * step]);
-      v[u] = to_acc(x_row[i + u * step]);
+      g[u] = load<V>(dy_row + i + u * step);
+      v[u] = load<V>(x_row + i + u * step);
     }
     for (int u = 0; u < kUnroll; ++u) {
-      s.dy += g[u];
-      s.dy_xc += g[u] * (v[u] - ctr);
+      for (int j = 0; j < V; ++j) {
+        const acc_t gj = to_acc(g[u].v[j]);
+        s.dy += gj;
+        s.dy_xc += gj * (to_acc(v[u].v[j]) - ctr);
+      }
     }
   }
   for (; i < end; i += step) {
-    const acc_t g = to_acc(dy_row[i]);
-    s.dy += g;
-    s.dy_xc += g * (to_acc(x_row[i]) - ctr);
+    const Pack<scalar_t, V> g = load<V>(dy_row + i), v = load<V>(x_row + i);
+    for (int j = 0; j < V; ++j) {
+      const acc_t gj = to_acc(g.v[j]);
+      s.dy += gj;
+      s.dy_xc += gj * (to_acc(v.v[j]) - ctr);
+    }
   }
   s = block_reduce(s, GradSums<acc_t>{acc_t(0), acc_t(0)}, warps);
   if (threadIdx.x == 0) out.write(row, c, seg, s.dy, s.dy_xc);
@@ -447,42 +533,6 @@ __global__ void add_grad_sum_segments_kernel(const acc_t* __restrict__ partial, 
 // ------------------------------------------------------------------------------------------
 // channel_affine and channel_affine_input_grad: elementwise passes
 
-// V consecutive values, moved by one load or store of V * sizeof(T) bytes.
-template <typename T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
-template <int V, typename T>
-__device__ __forceinline__ Pack<T, V> load(const T* p) {
-  return *reinterpret_cast<const Pack<T, V>*>(p);
-}
-
-// nvcc 13.0 writes a plain 8- or 16-byte Pack store in these kernels as 4-byte STG.E
-// instructions, whatever alignment the source states (sm_90 SASS, tools/sass_report.py); an
-// explicit vector store (a weak st.global, as the plain one) keeps each pack one STG.E.64
-// or STG.E.128. The emulation, which runs no PTX, stores the pack as it is.
-template <int V, typename T>
-__device__ __forceinline__ void store(T* p, const Pack<T, V>& value) {
-#if defined(__CUDA_ARCH__) && !defined(EN_SEG_CUDA_EMULATION)
-  const size_t address = __cvta_generic_to_global(p);
-  if constexpr (sizeof(value) == 16) {
-    uint4 w;
-    memcpy(&w, &value, sizeof w);
-    asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};"
-        :: "l"(address), "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w));
-    return;
-  } else if constexpr (sizeof(value) == 8) {
-    uint2 w;
-    memcpy(&w, &value, sizeof w);
-    asm("st.global.v2.b32 [%0], {%1, %2};" :: "l"(address), "r"(w.x), "r"(w.y));
-    return;
-  }
-#endif
-  *reinterpret_cast<Pack<T, V>*>(p) = value;
-}
-
-bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // An elementwise op: coef(nc) reads the coefficients of row nc once; load<V>(i) reads the
 // Inputs<V> of the V values from i on, all in one row, and apply<V>(i, inputs, k) computes
@@ -696,8 +746,16 @@ cudaError_t launch_channel_moments(const void* x, DType dtype, const Activation&
     } else {
       if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
       const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(seg.count));
-      moments_rows_kernel<<<grid, rows_block_threads(seg.rows_per_segment), 0, stream>>>(
-          data, s.hw, s.c, seg, RowsOutput<acc_t>{mean_out, var_out, partial});
+      const RowsOutput<acc_t> out{mean_out, var_out, partial};
+      constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+      if (reduction_pack<scalar_t>(s, {data}) == kPack) {
+        moments_rows_kernel<kPack>
+            <<<grid, rows_block_threads(seg.rows_per_segment / kPack), 0, stream>>>(
+                data, s.hw, s.c, seg, out);
+      } else {
+        moments_rows_kernel<1><<<grid, rows_block_threads(seg.rows_per_segment), 0, stream>>>(
+            data, s.hw, s.c, seg, out);
+      }
     }
     if (s.channels_last || seg.count > 1) {
       merge_moment_segments_kernel<<<merge_blocks(s), kThreads, 0, stream>>>(
@@ -745,8 +803,17 @@ cudaError_t launch_channel_affine_grad_sums(const void* grad_y, const void* x, D
     } else {
       if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
       const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(seg.count));
-      grad_sums_rows_kernel<<<grid, rows_block_threads(seg.rows_per_segment), 0, stream>>>(
-          dy, data, s.hw, s.c, seg, ctr, RowsOutput<acc_t>{s_dy, s_dy_xc, partial});
+      const RowsOutput<acc_t> out{s_dy, s_dy_xc, partial};
+      constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+      if (reduction_pack<scalar_t>(s, {dy, data}) == kPack) {
+        grad_sums_rows_kernel<kPack>
+            <<<grid, rows_block_threads(seg.rows_per_segment / kPack), 0, stream>>>(
+                dy, data, s.hw, s.c, seg, ctr, out);
+      } else {
+        grad_sums_rows_kernel<1>
+            <<<grid, rows_block_threads(seg.rows_per_segment), 0, stream>>>(
+                dy, data, s.hw, s.c, seg, ctr, out);
+      }
     }
     if (s.channels_last || seg.count > 1) {
       add_grad_sum_segments_kernel<<<merge_blocks(s), kThreads, 0, stream>>>(
