@@ -362,6 +362,56 @@ def test_switchable_coefficients(coefficient_ops, in_every_order, n, c, mode):
         assert_close_scaled(actual, reference, RATIO_TOLERANCE, RATIO_TOLERANCE)
 
 
+#: Kernels of our own a training layer step launches, where every (n, c) row fits one
+#: block's pass (no segment merge; channels_last and split rows add one a reduction):
+#: forward moments, coefficients, apply; backward grad sums, the coefficients' backward
+#: (EN: λ gradient, the ratio branch's two, per sample, per channel; SN: per sample, per
+#: channel, importance weights), dx. cuDNN's BatchNorm launches 2 to 4 (docs/cuda_sass.md).
+STEP_LAUNCHES = {'EN': (3, 7), 'SN': (3, 5)}
+
+
+@pytest.mark.parametrize('layer', ['EN', 'SN'])
+def test_a_training_layer_step_launches_three_kernels_forward(channel_op, coefficient_ops,
+                                                              layer):
+    n, c, r, hidden, codes = 2, 40, 8, 150, (0, 1, 2)
+    x = activation((n, c, 8, 8), torch.float32, False, seed=0)
+    dy = activation((n, c, 8, 8), torch.float32, False, seed=1)
+    launches = []
+
+    def run(library, call, *args):
+        outputs = call(*args)
+        launches.append(library.launches())
+        return outputs
+
+    mean, var = run(channel_op, channel_op.channel_moments, x, False)
+    _, _, running = coefficient_case(n, c, len(codes))
+    gen = torch.Generator().manual_seed(3)
+    tail = (codes, True, 0.1, 1e-5, n * 64)
+    if layer == 'EN':
+        weights = float_ratio_inputs(n, len(codes), c, r, hidden)[3:]
+        gamma, beta = torch.randn(3, c, generator=gen), torch.randn(3, c, generator=gen)
+        outputs = run(coefficient_ops, coefficient_ops.exemplar, mean, var, gamma, beta,
+                      *weights, *running, *tail)
+        saved = outputs[3]
+        backward = (coefficient_ops.exemplar_backward, *coefficients((n, c), torch.float32, 2),
+                    saved, gamma, weights[0], weights[1], weights[3], codes, True)
+    else:
+        params = (torch.randn(c, generator=gen), torch.randn(c, generator=gen),
+                  torch.randn(3, generator=gen), torch.randn(3, generator=gen))
+        outputs = run(coefficient_ops, coefficient_ops.switchable, mean, var, *params,
+                      *running, *tail)
+        saved = outputs[2]
+        backward = (coefficient_ops.switchable_backward,
+                    *coefficients((n, c), torch.float32, 2), saved, params[0], codes, True)
+    scale, shift = outputs[0], outputs[1]
+    run(channel_op, channel_op.channel_affine, x, False, mean, scale, shift)
+    run(channel_op, channel_op.channel_affine_grad_sums, dy, x, False, mean)
+    run(coefficient_ops, *backward)
+    run(channel_op, channel_op.channel_affine_input_grad, dy, x, False, mean, scale, scale,
+        shift)
+    assert (sum(launches[:3]), sum(launches[3:])) == STEP_LAUNCHES[layer], launches
+
+
 def test_ratio_forward_reports_a_launch_past_the_shared_memory_limit(ratios):
     # P = 12288 hidden units need 49304 bytes of shared memory; the glue allows 4096.
     inputs = float_ratio_inputs(1, 2, 32, 32, 12288)

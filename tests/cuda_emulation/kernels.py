@@ -33,6 +33,11 @@ class _Library:
     def __init__(self, path):
         self._lib = ctypes.CDLL(str(path))
         self._lib.emu_failure_message.restype = ctypes.c_char_p
+        self._lib.emu_launch_count.restype = ctypes.c_int64
+
+    def launches(self):
+        """The kernels the last call of this library launched."""
+        return self._lib.emu_launch_count()
 
     def _check(self, code):
         if code != 0:

@@ -85,6 +85,8 @@ struct WarpMeeting {
 cudaError_t last_error = cudaSuccess;
 bool sticky = false;
 std::string message;
+// Kernels launched since emu::reset(), each counted once its configuration passed.
+int64_t launches = 0;
 
 // The block being run.
 std::vector<Fiber> fibers;  // grows to the largest block; stacks are kept
@@ -378,6 +380,7 @@ void run_kernel(const Config& config, void (*body)(void*), void* context) {
     record(cudaErrorInvalidValue, "CUDA_EMULATION_ORDER must be forward, reversed or shuffled");
     return;
   }
+  ++launches;
   kernel_body = body;
   kernel_context = context;
   block_failed = false;
@@ -533,6 +536,7 @@ void reset() {
   last_error = cudaSuccess;
   sticky = false;
   message.clear();
+  launches = 0;
   const char* seed = std::getenv("CUDA_EMULATION_SEED");
   shuffle_engine.seed(seed ? std::strtoull(seed, nullptr, 10) : 0);
 }
@@ -541,6 +545,10 @@ void reset() {
 
 extern "C" __attribute__((visibility("default"))) const char* emu_failure_message() {
   return emu::message.c_str();
+}
+
+extern "C" __attribute__((visibility("default"))) int64_t emu_launch_count() {
+  return emu::launches;
 }
 
 cudaError_t cudaGetLastError() {

@@ -1,18 +1,20 @@
 // CUDA kernels of the coefficient ops (launchers declared in coefficient_op_kernel.h). All
-// (N, C) work: a thread per channel for what merges over the samples (the BN statistics
-// and their running update, the parameters' gradients), a block per sample for what merges
-// over the channels (the LN statistics), EN's ratio branch by the ratio op's own kernels
-// (ratio_op_kernel.h), a thread per (n, c) for the rest. Every sum runs in an order
-// fixed by the shape (per-thread loops, then a warp butterfly and the warps in turn), with
-// no atomics, so results are bit-identical from run to run. Float32.
+// (N, C) work. The forward is one kernel of a block per sample: each block merges the BN
+// statistics of the channels over the samples itself (the same order in every block, so
+// all agree; block 0 also updates the running statistics), the LN statistics over the
+// channels, EN's ratio branch (ratio_block.cuh), and its sample's scale and shift. The
+// backward has a block per sample for what merges over the channels, a thread per channel
+// for what merges over the samples (the BN part, the parameters' gradients). Every sum runs
+// in an order fixed by the shape (per-thread loops, then a warp butterfly and the warps in
+// turn), with no atomics, so results are bit-identical from run to run. Float32.
 //
-// EN forward: bn_statistics (if BN), sample_statistics, the ratio forward, exemplar_affine;
-// backward: exemplar_ratio_grad, the ratio backward (two kernels), exemplar_sample_grad,
-// exemplar_channel_grad. SN forward: bn_statistics (if BN), switchable_sample; backward:
-// switchable_sample_grad, switchable_channel_grad, switchable_weights_grad.
+// EN forward: exemplar_forward; backward: exemplar_ratio_grad, the ratio backward (two
+// kernels), exemplar_sample_grad, exemplar_channel_grad. SN forward: switchable_sample;
+// backward: switchable_sample_grad, switchable_channel_grad, switchable_weights_grad.
 #include <cuda_runtime.h>
 
 #include "coefficient_op_kernel.h"
+#include "ratio_block.cuh"
 #include "ratio_op_kernel.h"
 
 namespace en_seg {
@@ -78,17 +80,21 @@ __device__ Stat<float> bn_at(const Pool& pool, const float* bn, int64_t c, int64
 // ------------------------------------------------------------------------------------------
 // Forward
 
-// Thread per channel: the BN statistics (the batch's, folded into the running ones when
-// updating, or the running ones) into bn (C means, C variances).
-__global__ void __launch_bounds__(kThreads)
-    bn_statistics_kernel(StatisticsShape s, const float* mean, const float* var,
-                         RunningStatistics running, float* bn) {
-  const int64_t ch = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (ch >= s.c) return;
+// Channel ch's BN statistics in a forward: the batch's, merged from the samples' moments,
+// or the running ones. Every block of a block-per-sample kernel merges them itself, in the
+// same order, so all agree bit for bit. The block that `folds` (block 0) writes them to
+// `out` (C means, C variances) where that is not null, and folds batch statistics into the
+// running ones with `factor` where the running ones are updated.
+__device__ Stat<float> bn_forward(const StatisticsShape& s, const float* mean, const float* var,
+                                  const RunningStatistics& running, int64_t ch, bool folds,
+                                  float factor, float* out) {
   if (!s.batch_stats) {
-    bn[ch] = running.mean[ch];
-    bn[s.c + ch] = running.var[ch];
-    return;
+    const Stat<float> stat{running.mean[ch], running.var[ch]};
+    if (folds && out != nullptr) {
+      out[ch] = stat.mean;
+      out[s.c + ch] = stat.var;
+    }
+    return stat;
   }
   float mu = 0.f;
   for (int64_t i = 0; i < s.n; ++i) mu += mean[i * s.c + ch];
@@ -100,29 +106,46 @@ __global__ void __launch_bounds__(kThreads)
     dev_sum += d * d;
   }
   const Stat<float> batch{mu, var_sum / float(s.n) + dev_sum / float(s.n)};
-  bn[ch] = batch.mean;
-  bn[s.c + ch] = batch.var;
-  if (!running.update) return;
-  // num_batches_tracked grows in a later kernel; every thread here reads it unchanged.
-  const float factor = running.cumulative
-                           ? float(1.0 / double(*running.num_batches_tracked + 1))
-                           : running.momentum;
-  coef::update_running(coef::RunningUpdate<float>{factor, running.unbias}, batch,
-                       running.mean + ch, running.var + ch);
+  if (folds) {
+    if (out != nullptr) {
+      out[ch] = batch.mean;
+      out[s.c + ch] = batch.var;
+    }
+    if (running.update) {
+      coef::update_running(coef::RunningUpdate<float>{factor, running.unbias}, batch,
+                           running.mean + ch, running.var + ch);
+    }
+  }
+  return batch;
 }
 
-// Block per sample: every normalizer's mean and ρ at every channel, (K, C) rows of means
-// and rstds as the ratio kernel reads them; block 0 counts the batch.
-__global__ void __launch_bounds__(kThreads)
-    sample_statistics_kernel(StatisticsShape s, const float* mean, const float* var,
-                             const float* bn, RunningStatistics running, float* means,
-                             float* rstds) {
-  const int64_t i = blockIdx.x;
+// The running statistics' update factor, read by block 0 before it counts the batch.
+__device__ float running_factor(const RunningStatistics& running) {
+  if (!running.update) return 0.f;
+  return running.cumulative ? float(1.0 / double(*running.num_batches_tracked + 1))
+                            : running.momentum;
+}
+
+// Block 0 counts the batch, once every thread has read the count (the caller's barriers).
+__device__ void count_batch(const RunningStatistics& running) {
+  if (running.update && blockIdx.x == 0 && threadIdx.x == 0) *running.num_batches_tracked += 1;
+}
+
+// Block per sample i, the whole block: every normalizer's mean and ρ at every channel,
+// (K, C) rows of means and rstds as the ratio branch reads them; block 0 folds BN's batch
+// statistics into the running ones.
+__device__ void sample_statistics(const StatisticsShape& s, const float* mean,
+                                  const float* var, const RunningStatistics& running,
+                                  int64_t i, float* means, float* rstds) {
   const float* m = mean + i * s.c;
   const float* v = var + i * s.c;
   const Stat<float> ln = s.pool.ln >= 0 ? layer_statistics(m, v, s.c) : Stat<float>{0.f, 0.f};
+  const bool folds = i == 0;
+  const float factor = folds ? running_factor(running) : 0.f;
   for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
-    const Stat<float> bn_ch = bn_at(s.pool, bn, s.c, ch);
+    const Stat<float> bn_ch =
+        s.pool.bn >= 0 ? bn_forward(s, mean, var, running, ch, folds, factor, nullptr)
+                       : Stat<float>{0.f, 0.f};
     for (int j = 0; j < s.pool.k; ++j) {
       const Stat<float> stat = coef::member_stat(s.pool.code[j], m[ch], v[ch], ln, bn_ch);
       const int64_t at = (i * s.pool.k + j) * s.c + ch;
@@ -130,27 +153,41 @@ __global__ void __launch_bounds__(kThreads)
       rstds[at] = coef::rstd(stat.var, s.eps);
     }
   }
-  if (running.update && i == 0 && threadIdx.x == 0) *running.num_batches_tracked += 1;
 }
 
-// Thread per (n, c): EN's scale and shift.
+// Block per sample: EN's whole forward between the moments and the apply pass, in one
+// launch: the statistics, the ratio branch (ratio_block.cuh) and the sample's scale and
+// shift; block 0 also updates the running statistics and counts the batch.
 __global__ void __launch_bounds__(kThreads)
-    exemplar_affine_kernel(ratio::Sizes s, const float* weight, const float* bias,
-                           const float* ratios, const float* activations, const float* rstds,
-                           float* scale, float* shift) {
-  const int64_t at = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (at >= s.n * s.c) return;
-  const int64_t i = at / s.c, ch = at % s.c;
+    exemplar_forward_kernel(StatisticsShape st, ratio::Sizes s, ExemplarInputs in,
+                            RunningStatistics running, float* means, float* scale,
+                            float* shift, float* ratios, float* saved) {
+  extern __shared__ float shared[];
+  const int64_t i = blockIdx.x;
+  const coef::ExemplarSavedLayout layout(s);
+  float* activations = saved + layout.activations;
+  float* rstds = saved + layout.rstds;
+  sample_statistics(st, in.mean, in.var, running, i, means, rstds);
+  __syncthreads();  // the sample's means and ρ, from every thread of the block
+  const ratio::Inputs<float> ratio_inputs{in.mean,  means,    rstds,    in.conv_w,
+                                          in.fc1_w, in.fc1_b, in.fc2_w, in.fc2_b};
+  ratio_block::ratio_forward_block(s, ratio_inputs, i, ratios, activations, shared);
+  __syncthreads();  // λ and the centred values
   const ratio::SavedLayout row(s);
-  const coef::Coefficients<float> out = coef::exemplar_coefficients(
-      s.k, weight + ch, bias + ch, s.c, ratios + i * s.k, rstds + i * s.k * s.c + ch,
-      activations + i * row.total + row.centred + ch, s.c);
-  scale[at] = out.scale;
-  shift[at] = out.shift;
+  for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
+    const coef::Coefficients<float> out = coef::exemplar_coefficients(
+        s.k, in.weight + ch, in.bias + ch, s.c, ratios + i * s.k, rstds + i * s.k * s.c + ch,
+        activations + i * row.total + row.centred + ch, s.c);
+    scale[i * s.c + ch] = out.scale;
+    shift[i * s.c + ch] = out.shift;
+  }
+  count_batch(running);
 }
 
-// Block per sample: SN's scale and shift, and saved (r, m, s, the sample's LN statistics;
-// block 0 also w, w' and zeros for an absent BN); block 0 counts the batch.
+// Block per sample: SN's whole forward between the moments and the apply pass, in one
+// launch: scale and shift, and saved (r, m, s, the sample's LN statistics; block 0 also w,
+// w', BN's statistics or zeros for an absent BN); block 0 also updates the running
+// statistics and counts the batch.
 __global__ void __launch_bounds__(kThreads)
     switchable_sample_kernel(StatisticsShape s, SwitchableInputs in, RunningStatistics running,
                              float* scale, float* shift, float* saved) {
@@ -163,9 +200,13 @@ __global__ void __launch_bounds__(kThreads)
   float w[coef::kMaxPool], w_var[coef::kMaxPool];
   coef::softmax(pool.k, in.mean_weight, w);
   coef::softmax(pool.k, in.var_weight, w_var);
-  const float* bn = saved + layout.bn_mean;
+  const bool folds = i == 0;
+  const float factor = folds ? running_factor(running) : 0.f;
   for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
-    const Stat<float> bn_ch = bn_at(pool, bn, s.c, ch);
+    // Block 0 saves BN's statistics for the backward.
+    const Stat<float> bn_ch = pool.bn >= 0 ? bn_forward(s, in.mean, in.var, running, ch, folds,
+                                                        factor, saved + layout.bn_mean)
+                                           : Stat<float>{0.f, 0.f};
     float mixed_mean = 0.f, mixed_var = 0.f;
     for (int j = 0; j < pool.k; ++j) {
       const Stat<float> stat = coef::member_stat(pool.code[j], m[ch], v[ch], ln, bn_ch);
@@ -194,7 +235,8 @@ __global__ void __launch_bounds__(kThreads)
   if (pool.bn < 0) {
     for (int64_t ch = threadIdx.x; ch < 2 * s.c; ch += kThreads) saved[layout.bn_mean + ch] = 0.f;
   }
-  if (running.update && threadIdx.x == 0) *running.num_batches_tracked += 1;
+  __syncthreads();  // every thread of block 0 has read the batch count
+  count_batch(running);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -491,35 +533,17 @@ __global__ void switchable_weights_grad_kernel(StatisticsShape s, const float* s
 
 }  // namespace
 
-int64_t exemplar_forward_workspace(const ratio::Sizes& s) {
-  return s.n * s.k * s.c + 2 * s.c;
-}
+int64_t exemplar_forward_workspace(const ratio::Sizes& s) { return s.n * s.k * s.c; }
 
 cudaError_t launch_exemplar_coefficients(const StatisticsShape& shape,
                                          const ratio::Sizes& sizes, const ExemplarInputs& in,
                                          const RunningStatistics& running, float* scale,
                                          float* shift, float* ratios, float* saved,
                                          float* workspace, cudaStream_t stream) {
-  float* means = workspace;
-  float* bn = workspace + sizes.n * sizes.k * sizes.c;
-  const coef::ExemplarSavedLayout layout(sizes);
-  float* activations = saved + layout.activations;
-  float* rstds = saved + layout.rstds;
-  if (shape.pool.bn >= 0) {
-    bn_statistics_kernel<<<blocks_for(shape.c), kThreads, 0, stream>>>(shape, in.mean, in.var,
-                                                                        running, bn);
-  }
-  sample_statistics_kernel<<<static_cast<unsigned>(shape.n), kThreads, 0, stream>>>(
-      shape, in.mean, in.var, bn, running, means, rstds);
-  const cudaError_t launched = cudaGetLastError();
-  if (launched != cudaSuccess) return launched;
-  const ratio::Inputs<float> ratio_inputs{in.mean,  means,    rstds,    in.conv_w,
-                                          in.fc1_w, in.fc1_b, in.fc2_w, in.fc2_b};
-  const cudaError_t ratio = launch_exemplar_ratios_forward(sizes, ratio_inputs, ratios,
-                                                           activations, stream);
-  if (ratio != cudaSuccess) return ratio;
-  exemplar_affine_kernel<<<blocks_for(sizes.n * sizes.c), kThreads, 0, stream>>>(
-      sizes, in.weight, in.bias, ratios, activations, rstds, scale, shift);
+  if (sizes.n == 0) return cudaSuccess;
+  exemplar_forward_kernel<<<static_cast<unsigned>(sizes.n), kThreads,
+                            ratio_block::ForwardScratch::bytes(sizes), stream>>>(
+      shape, sizes, in, running, workspace, scale, shift, ratios, saved);
   return cudaGetLastError();
 }
 
@@ -560,11 +584,7 @@ cudaError_t launch_switchable_coefficients(const StatisticsShape& shape,
                                            const SwitchableInputs& in,
                                            const RunningStatistics& running, float* scale,
                                            float* shift, float* saved, cudaStream_t stream) {
-  const coef::SwitchableSavedLayout layout(shape.n, shape.c, shape.pool.k);
-  if (shape.pool.bn >= 0) {
-    bn_statistics_kernel<<<blocks_for(shape.c), kThreads, 0, stream>>>(
-        shape, in.mean, in.var, running, saved + layout.bn_mean);
-  }
+  if (shape.n == 0) return cudaSuccess;
   switchable_sample_kernel<<<static_cast<unsigned>(shape.n), kThreads, 0, stream>>>(
       shape, in, running, scale, shift, saved);
   return cudaGetLastError();

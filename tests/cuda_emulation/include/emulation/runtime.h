@@ -66,3 +66,6 @@ void reset();
 // What the last failed launch or kernel reported, "" if none since emu::reset(); exported
 // by every library of the emulation.
 extern "C" const char* emu_failure_message();
+
+// The kernels launched since emu::reset(), i.e. by the library's last host-side call.
+extern "C" int64_t emu_launch_count();
