@@ -365,14 +365,14 @@ def test_switchable_coefficients(coefficient_ops, in_every_order, n, c, mode):
 #: Kernels of our own a training layer step launches, where every (n, c) row fits one
 #: block's pass (no segment merge; channels_last and split rows add one a reduction):
 #: forward moments, coefficients, apply; backward grad sums, the coefficients' backward
-#: (EN: λ gradient, the ratio branch's two, per sample, per channel; SN: per sample, per
-#: channel, importance weights), dx. cuDNN's BatchNorm launches 2 to 4 (docs/cuda_sass.md).
-STEP_LAUNCHES = {'EN': (3, 7), 'SN': (3, 5)}
+#: (a block per sample, then a thread per channel), dx. cuDNN's BatchNorm launches 2 to 4
+#: (docs/cuda_sass.md); before the coefficient kernels were fused, EN took (6, 7), SN (4, 5).
+STEP_LAUNCHES = {'EN': (3, 4), 'SN': (3, 4)}
 
 
 @pytest.mark.parametrize('layer', ['EN', 'SN'])
-def test_a_training_layer_step_launches_three_kernels_forward(channel_op, coefficient_ops,
-                                                              layer):
+def test_a_training_layer_step_launches_three_kernels_forward_and_four_backward(
+        channel_op, coefficient_ops, layer):
     n, c, r, hidden, codes = 2, 40, 8, 150, (0, 1, 2)
     x = activation((n, c, 8, 8), torch.float32, False, seed=0)
     dy = activation((n, c, 8, 8), torch.float32, False, seed=1)

@@ -3,14 +3,15 @@
 // statistics of the channels over the samples itself (the same order in every block, so
 // all agree; block 0 also updates the running statistics), the LN statistics over the
 // channels, EN's ratio branch (ratio_block.cuh), and its sample's scale and shift. The
-// backward has a block per sample for what merges over the channels, a thread per channel
-// for what merges over the samples (the BN part, the parameters' gradients). Every sum runs
+// backward is two: a block per sample for what merges over the channels, then a thread
+// per channel (and per ratio-branch parameter) for what merges over the samples. Every sum runs
 // in an order fixed by the shape (per-thread loops, then a warp butterfly and the warps in
 // turn), with no atomics, so results are bit-identical from run to run. Float32.
 //
-// EN forward: exemplar_forward; backward: exemplar_ratio_grad, the ratio backward (two
-// kernels), exemplar_sample_grad, exemplar_channel_grad. SN forward: switchable_sample;
-// backward: switchable_sample_grad, switchable_channel_grad, switchable_weights_grad.
+// EN forward: exemplar_forward; backward: exemplar_sample_backward (dL/dλ, the ratio
+// branch, the moments' gradients), exemplar_channel_backward (γ, β, BN's part, the ratio
+// branch's parameters). SN forward: switchable_sample; backward: switchable_sample_grad,
+// switchable_channel_backward.
 #include <cuda_runtime.h>
 
 #include "coefficient_op_kernel.h"
@@ -333,11 +334,10 @@ struct ExemplarSample {
   }
 };
 
-// Block per sample: dL/dλ_j = Σ_c (gA + gS d_j) γ_j ρ_j.
-__global__ void __launch_bounds__(kThreads)
-    exemplar_ratio_grad_kernel(ratio::Sizes s, ExemplarBackwardInputs in, float* grad_lambda) {
+// Sample i, the whole block: dL/dλ_j = Σ_c (gA + gS d_j) γ_j ρ_j.
+__device__ void exemplar_ratio_grad(const ratio::Sizes& s, const ExemplarBackwardInputs& in,
+                                    int64_t i, float* grad_lambda) {
   __shared__ WarpSums<coef::kMaxPool> warps;
-  const int64_t i = blockIdx.x;
   const ExemplarSample sample(s, in.saved, i);
   float sums[coef::kMaxPool] = {0.f, 0.f, 0.f};
   for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
@@ -352,13 +352,13 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x < s.k) grad_lambda[i * s.k + threadIdx.x] = sums[threadIdx.x];
 }
 
-// Block per sample: the gradients of mean and var but BN's part, and BN's gμ, gσ² at every
-// (n, c) for exemplar_channel_grad_kernel.
-__global__ void __launch_bounds__(kThreads)
-    exemplar_sample_grad_kernel(StatisticsShape st, ratio::Sizes s, ExemplarBackwardInputs in,
-                                ExemplarScratch scratch, ExemplarGrads out) {
+// Sample i, the whole block: the gradients of mean and var but BN's part, and BN's gμ, gσ²
+// at every (n, c) for exemplar_channel_grad.
+__device__ void exemplar_sample_grad(const StatisticsShape& st, const ratio::Sizes& s,
+                                     const ExemplarBackwardInputs& in,
+                                     const ExemplarScratch& scratch, const ExemplarGrads& out,
+                                     int64_t i) {
   __shared__ WarpSums<2> warps;
-  const int64_t i = blockIdx.x;
   const Pool& pool = st.pool;
   const ExemplarSample sample(s, in.saved, i);
   float ln[2] = {0.f, 0.f};  // Σ_c of LN's gμ and gσ²
@@ -391,12 +391,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Thread per channel: gγ, gβ, and BN's part of the gradients of mean and var.
-__global__ void __launch_bounds__(kThreads)
-    exemplar_channel_grad_kernel(StatisticsShape st, ratio::Sizes s, ExemplarBackwardInputs in,
-                                 ExemplarScratch scratch, ExemplarGrads out) {
-  const int64_t ch = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (ch >= s.c) return;
+// Channel ch: gγ, gβ, and BN's part of the gradients of mean and var.
+__device__ void exemplar_channel_grad(const StatisticsShape& st, const ratio::Sizes& s,
+                                      const ExemplarBackwardInputs& in,
+                                      const ExemplarScratch& scratch, const ExemplarGrads& out,
+                                      int64_t ch) {
   float g_beta = 0.f;
   for (int64_t i = 0; i < s.n; ++i) g_beta += in.grad_shift[i * s.c + ch];
   for (int j = 0; j < s.k; ++j) {
@@ -416,6 +415,53 @@ __global__ void __launch_bounds__(kThreads)
       s.n, s.c, ch, scratch.bn_mean, scratch.bn_var,
       [&](int64_t i) { return ExemplarSample(s, in.saved, i).centred[st.pool.bn * s.c + ch]; },
       out.mean, out.var);
+}
+
+// The ratio branch's part of EN's backward, where exemplar_sample_grad and the parameter
+// sums find it.
+__device__ void ratio_backward_parts(const ratio::Sizes& s, const ExemplarBackwardInputs& in,
+                                     const ExemplarScratch& scratch, const ExemplarGrads& out,
+                                     ratio::BackwardInputs<float>& inputs,
+                                     ratio::Grads<float>& grads) {
+  const coef::ExemplarSavedLayout layout(s);
+  inputs = {scratch.grad_lambda, in.saved + layout.activations, in.saved + layout.rstds,
+            in.conv_w,           in.fc1_w,                      in.fc2_w};
+  grads = {scratch.pooled, scratch.means, scratch.rstds, out.conv_w,
+           out.fc1_w,      out.fc1_b,     out.fc2_w,     out.fc2_b};
+}
+
+// Block per sample: EN's backward of everything that merges over the channels, in one
+// launch: dL/dλ, the ratio branch's backward (ratio_block.cuh; its parameters' gradients as
+// a row of per-sample partials), and the gradients of the sample's moments but BN's part.
+__global__ void __launch_bounds__(kThreads)
+    exemplar_sample_backward_kernel(StatisticsShape st, ratio::Sizes s,
+                                    ExemplarBackwardInputs in, ExemplarScratch scratch,
+                                    ExemplarGrads out) {
+  extern __shared__ float shared[];
+  const int64_t i = blockIdx.x;
+  exemplar_ratio_grad(s, in, i, scratch.grad_lambda);
+  __syncthreads();  // the sample's dL/dλ
+  ratio::BackwardInputs<float> inputs;
+  ratio::Grads<float> grads;
+  ratio_backward_parts(s, in, scratch, out, inputs, grads);
+  ratio_block::ratio_backward_block(s, inputs, i, grads, scratch.ratio_workspace, shared);
+  __syncthreads();  // the ratio branch's gradients of the sample's pooled input, μ and ρ
+  exemplar_sample_grad(st, s, in, scratch, out, i);
+}
+
+// Thread per channel and per ratio-branch parameter: EN's backward of everything that
+// merges over the samples, in one launch: gγ, gβ, BN's part of the moments' gradients,
+// and the sums of the parameters' per-sample gradients.
+__global__ void __launch_bounds__(kThreads)
+    exemplar_channel_backward_kernel(StatisticsShape st, ratio::Sizes s,
+                                     ExemplarBackwardInputs in, ExemplarScratch scratch,
+                                     ExemplarGrads out) {
+  const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (t < s.c) exemplar_channel_grad(st, s, in, scratch, out, t);
+  ratio::BackwardInputs<float> inputs;
+  ratio::Grads<float> grads;
+  ratio_backward_parts(s, in, scratch, out, inputs, grads);
+  ratio_block::reduce_param_grad(s, scratch.ratio_workspace, grads, t);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -494,12 +540,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Thread per channel: gγ, gβ, and BN's part of the gradients of mean and var.
-__global__ void __launch_bounds__(kThreads)
-    switchable_channel_grad_kernel(StatisticsShape s, SwitchableBackwardInputs in,
-                                   SwitchableScratch scratch, SwitchableGrads out) {
-  const int64_t ch = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (ch >= s.c) return;
+// Channel ch: gγ, gβ, and BN's part of the gradients of mean and var.
+__device__ void switchable_channel_grad(const StatisticsShape& s,
+                                        const SwitchableBackwardInputs& in,
+                                        const SwitchableScratch& scratch,
+                                        const SwitchableGrads& out, int64_t ch) {
   const coef::SwitchableSavedLayout layout(s.n, s.c, s.pool.k);
   float g_gamma = 0.f, g_beta = 0.f;
   for (int64_t i = 0; i < s.n; ++i) {
@@ -516,8 +561,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // One thread: the importance weights' gradients through their softmax.
-__global__ void switchable_weights_grad_kernel(StatisticsShape s, const float* saved,
-                                               SwitchableScratch scratch, SwitchableGrads out) {
+__device__ void switchable_weights_grad(const StatisticsShape& s, const float* saved,
+                                        const SwitchableScratch& scratch,
+                                        const SwitchableGrads& out) {
   const int k = s.pool.k;
   const coef::SwitchableSavedLayout layout(s.n, s.c, k);
   float grad_w[coef::kMaxPool] = {0.f, 0.f, 0.f}, grad_w_var[coef::kMaxPool] = {0.f, 0.f, 0.f};
@@ -529,6 +575,17 @@ __global__ void switchable_weights_grad_kernel(StatisticsShape s, const float* s
   }
   coef::softmax_backward(k, saved + layout.w, grad_w, out.mean_weight);
   coef::softmax_backward(k, saved + layout.w_var, grad_w_var, out.var_weight);
+}
+
+// Thread per channel: SN's backward of everything that merges over the samples, in one
+// launch: gγ, gβ, BN's part of the moments' gradients, and (thread 0) the importance
+// weights' gradients.
+__global__ void __launch_bounds__(kThreads)
+    switchable_channel_backward_kernel(StatisticsShape s, SwitchableBackwardInputs in,
+                                       SwitchableScratch scratch, SwitchableGrads out) {
+  const int64_t ch = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (ch == 0) switchable_weights_grad(s, in.saved, scratch, out);
+  if (ch < s.c) switchable_channel_grad(s, in, scratch, out, ch);
 }
 
 }  // namespace
@@ -556,27 +613,16 @@ cudaError_t launch_exemplar_coefficients_backward(const StatisticsShape& shape,
                                                   const ExemplarBackwardInputs& in,
                                                   const ExemplarGrads& out, float* workspace,
                                                   cudaStream_t stream) {
+  if (sizes.n == 0) return cudaSuccess;
   const ExemplarScratch scratch(workspace, sizes);
-  const auto samples = static_cast<unsigned>(sizes.n);
-  exemplar_ratio_grad_kernel<<<samples, kThreads, 0, stream>>>(sizes, in, scratch.grad_lambda);
-  const cudaError_t launched = cudaGetLastError();
-  if (launched != cudaSuccess) return launched;
-  const coef::ExemplarSavedLayout layout(sizes);
-  const ratio::BackwardInputs<float> ratio_inputs{scratch.grad_lambda,
-                                                  in.saved + layout.activations,
-                                                  in.saved + layout.rstds,
-                                                  in.conv_w,
-                                                  in.fc1_w,
-                                                  in.fc2_w};
-  const ratio::Grads<float> ratio_grads{scratch.pooled, scratch.means, scratch.rstds,
-                                        out.conv_w,     out.fc1_w,     out.fc1_b,
-                                        out.fc2_w,      out.fc2_b};
-  const cudaError_t ratio = launch_exemplar_ratios_backward(sizes, ratio_inputs, ratio_grads,
-                                                            scratch.ratio_workspace, stream);
-  if (ratio != cudaSuccess) return ratio;
-  exemplar_sample_grad_kernel<<<samples, kThreads, 0, stream>>>(shape, sizes, in, scratch, out);
-  exemplar_channel_grad_kernel<<<blocks_for(sizes.c), kThreads, 0, stream>>>(shape, sizes, in,
-                                                                            scratch, out);
+  exemplar_sample_backward_kernel<<<static_cast<unsigned>(sizes.n), kThreads,
+                                    ratio_block::BackwardScratch::bytes(sizes), stream>>>(
+      shape, sizes, in, scratch, out);
+  const int64_t threads = sizes.c > ratio_block::ParamLayout(sizes).total
+                              ? sizes.c
+                              : ratio_block::ParamLayout(sizes).total;
+  exemplar_channel_backward_kernel<<<blocks_for(threads), kThreads, 0, stream>>>(
+      shape, sizes, in, scratch, out);
   return cudaGetLastError();
 }
 
@@ -601,9 +647,8 @@ cudaError_t launch_switchable_coefficients_backward(const StatisticsShape& shape
   const SwitchableScratch scratch(workspace, shape);
   switchable_sample_grad_kernel<<<static_cast<unsigned>(shape.n), kThreads, 0, stream>>>(
       shape, in, scratch, out);
-  switchable_channel_grad_kernel<<<blocks_for(shape.c), kThreads, 0, stream>>>(shape, in,
-                                                                              scratch, out);
-  switchable_weights_grad_kernel<<<1, 1, 0, stream>>>(shape, in.saved, scratch, out);
+  switchable_channel_backward_kernel<<<blocks_for(shape.c), kThreads, 0, stream>>>(
+      shape, in, scratch, out);
   return cudaGetLastError();
 }
 
