@@ -14,10 +14,10 @@ Needs g++ (C++20); without it the module is skipped.
 The tests fail for a kernel with a barrier or a shuffle offset wrong. CUDA_EMULATION_SRC
 builds the kernels from a copy of en_seg/ops/csrc/cuda (in a copy of csrc, whose
 ratio_math.h they include). From the repository root, deleting each ``__syncthreads();``
-of both kernel files in turn must make every run fail (none prints NOT CAUGHT)::
+of the kernel files in turn must make every run fail (none prints NOT CAUGHT)::
 
-    for f in channel_op exemplar_ratios coefficients; do
-      src=en_seg/ops/csrc/cuda/${f}_kernel.cu copy=/tmp/csrc/cuda/${f}_kernel.cu
+    for f in channel_op_kernel.cu ratio_block.cuh coefficient_op_kernel.cu; do
+      src=en_seg/ops/csrc/cuda/$f copy=/tmp/csrc/cuda/$f
       for n in $(seq $(grep -c '__syncthreads();' $src)); do
         rm -rf /tmp/csrc && cp -r en_seg/ops/csrc /tmp/csrc
         awk -v n=$n '/__syncthreads\\(\\);/ && ++k == n {next} 1' $src > $copy
