@@ -62,9 +62,10 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # (N, C, H, W): H·W = 1; N = 1 with C not a multiple of 32 (one warp a row); H·W larger
 # than one block's pass (256 threads x 4) and than one channels_last segment (128 rows);
 # the widest: full 256-thread rows split in 3 segments, the most (64) channels_last
-# segments, 3 channel tiles. H·W divisible by 4 or 8 takes the elementwise 16-byte packs.
-SHAPES = [(2, 3, 1, 1), (1, 37, 7, 9), (2, 5, 40, 77), (1, 70, 100, 91)]
-SHAPE_IDS = ['hw=1', 'n=1,c=37', 'hw>block', 'widest']
+# segments, 3 channel tiles; C = 64 with odd rows. H·W (channels first) or C (channels_last)
+# divisible by 16 bytes' values takes the 16-byte packs.
+SHAPES = [(2, 3, 1, 1), (1, 37, 7, 9), (2, 5, 40, 77), (1, 70, 100, 91), (2, 64, 6, 7)]
+SHAPE_IDS = ['hw=1', 'n=1,c=37', 'hw>block', 'widest', 'c=64']
 # (N, K, C, r, P): one group; C and P not multiples of 32; the widest (K = 8, K² = 64 Gram
 # entries, P = kMaxHidden, 2048 groups per block of 256 threads); K = 1; an odd group width
 # (CGNet's C = 35 takes r = 7).

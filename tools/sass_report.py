@@ -9,8 +9,9 @@ is four 128-bit instructions), read from its SASS. docs/cuda_sass.md
 holds the table and what it means.
 
 ``--check`` also asserts what the elementwise passes were written for (docs/cuda_sass.md):
-every store of a packed ``elementwise_rows_kernel`` (V > 1) is 128 bits wide and a thread
-has its kUnroll 128-bit loads of each input before its first store; it exits 1 where not.
+every store of a packed elementwise kernel (V > 1, channels first or channels_last) is 128
+bits wide and a thread has its kUnroll 128-bit loads of each input before its first
+store; it exits 1 where not.
 
 Needs cuobjdump and nvdisasm: on the PATH, or PyPI's ``nvidia-cuda-cuobjdump`` and
 ``nvidia-cuda-nvdisasm`` in this environment (``make cuda-build`` installs them), and
@@ -120,9 +121,9 @@ def check(found: Dict[str, dict]) -> List[str]:
     """The packed elementwise kernels' failures of full-width stores and loads in flight."""
     failures = []
     packed = {m: k for m, k in found.items()
-              if re.match(r'elementwise_rows_kernel<([2-9]|\d\d)', readable(m))}
+              if re.match(r'elementwise_\w+_kernel<([2-9]|\d\d)', readable(m))}
     if not packed:
-        return ['no packed elementwise_rows_kernel in the library']
+        return ['no packed elementwise kernel in the library']
     for mangled, k in packed.items():
         name = readable(mangled)
         narrow = {bits: n for bits, n in k['stores'].items() if bits != 128}

@@ -535,10 +535,24 @@ __global__ void add_grad_sum_segments_kernel(const acc_t* __restrict__ partial, 
 
 
 // An elementwise op: coef(nc) reads the coefficients of row nc once; load<V>(i) reads the
-// Inputs<V> of the V values from i on, all in one row, and apply<V>(i, inputs, k) computes
-// and stores them; aligned_to(bytes) tells whether every pointer it reads or writes is.
-// Loading apart from applying lets a thread have all its loads in flight before its
-// first store.
+// Inputs<V> of the V values from i on, and apply<V>(i, inputs, k) computes and stores them,
+// value u with the coefficients k(u); aligned_to(bytes) tells whether every pointer it
+// reads or writes is. Loading apart from applying lets a thread have all its loads in
+// flight before its first store.
+
+// The coefficients of a pack's V values: one row's for all (channels first), or each
+// value's channel's (channels_last).
+template <typename Coef>
+struct SameCoef {
+  Coef k;
+  __device__ const Coef& operator()(int) const { return k; }
+};
+
+template <typename Coef, int V>
+struct EachCoef {
+  Coef k[V];
+  __device__ const Coef& operator()(int u) const { return k[u]; }
+};
 
 // y = scale * (x - center) + shift.
 template <typename scalar_t>
@@ -561,11 +575,12 @@ struct AffineOp {
   __device__ Inputs<V> load(int64_t i) const {
     return {en_seg::cuda::load<V>(x + i)};
   }
-  template <int V>
-  __device__ void apply(int64_t i, const Inputs<V>& in, const Coef& k) const {
+  template <int V, typename Coefs>
+  __device__ void apply(int64_t i, const Inputs<V>& in, const Coefs& k) const {
     Pack<scalar_t, V> out;
     for (int u = 0; u < V; ++u) {
-      out.v[u] = from_acc<scalar_t>(k.scale * (to_acc(in.x.v[u]) - k.center) + k.shift);
+      const Coef& c = k(u);
+      out.v[u] = from_acc<scalar_t>(c.scale * (to_acc(in.x.v[u]) - c.center) + c.shift);
     }
     store<V>(y + i, out);
   }
@@ -596,12 +611,13 @@ struct InputGradOp {
   __device__ Inputs<V> load(int64_t i) const {
     return {en_seg::cuda::load<V>(dy + i), en_seg::cuda::load<V>(x + i)};
   }
-  template <int V>
-  __device__ void apply(int64_t i, const Inputs<V>& in, const Coef& k) const {
+  template <int V, typename Coefs>
+  __device__ void apply(int64_t i, const Inputs<V>& in, const Coefs& k) const {
     Pack<scalar_t, V> out;
     for (int u = 0; u < V; ++u) {
-      out.v[u] = from_acc<scalar_t>(k.dy_scale * to_acc(in.dy.v[u]) +
-                                    k.x_scale * (to_acc(in.x.v[u]) - k.center) + k.shift);
+      const Coef& c = k(u);
+      out.v[u] = from_acc<scalar_t>(c.dy_scale * to_acc(in.dy.v[u]) +
+                                    c.x_scale * (to_acc(in.x.v[u]) - c.center) + c.shift);
     }
     store<V>(dx + i, out);
   }
@@ -630,8 +646,8 @@ struct NormInputGradOp {
   __device__ Inputs<V> load(int64_t i) const {
     return pass.template load<V>(i);
   }
-  template <int V>
-  __device__ void apply(int64_t i, const Inputs<V>& in, const Coef& k) const {
+  template <int V, typename Coefs>
+  __device__ void apply(int64_t i, const Inputs<V>& in, const Coefs& k) const {
     pass.template apply<V>(i, in, k);
   }
   bool aligned_to(int bytes) const { return pass.aligned_to(bytes); }
@@ -642,7 +658,7 @@ struct NormInputGradOp {
 template <int V, typename Op>
 __global__ void __launch_bounds__(kThreads) elementwise_rows_kernel(Op op, int64_t hw) {
   const int64_t row = blockIdx.x;
-  const auto k = op.coef(row);
+  const SameCoef<typename Op::Coef> k{op.coef(row)};
   constexpr int64_t kChunk = int64_t(kThreads) * kUnroll * V;
   for (int64_t chunk = blockIdx.y; chunk * kChunk < hw; chunk += gridDim.y) {
     const int64_t j0 = chunk * kChunk + threadIdx.x * V;
@@ -658,38 +674,57 @@ __global__ void __launch_bounds__(kThreads) elementwise_rows_kernel(Op op, int64
   }
 }
 
-// Grid (N * row chunks, channel tiles): a thread keeps one channel of one sample.
-template <typename Op>
+// Grid (N * row chunks, channel tiles of kTileC * V channels): a thread keeps V consecutive
+// channels of one sample (a 16-byte pack where C allows) and their coefficients, and has
+// kUnroll rows' loads in flight before it stores.
+template <int V, typename Op>
 __global__ void __launch_bounds__(kTileC * kTileRows)
     elementwise_channels_last_kernel(Op op, int64_t hw, int64_t c, int64_t chunks,
                                      int64_t rows_per_chunk) {
   const int64_t n = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
-  const int64_t ch = int64_t(blockIdx.y) * kTileC + threadIdx.x;
-  if (ch >= c) return;
-  const auto k = op.coef(n * c + ch);
+  const int64_t ch = (int64_t(blockIdx.y) * kTileC + threadIdx.x) * V;
+  if (ch >= c) return;  // C is a multiple of V
+  EachCoef<typename Op::Coef, V> k;
+  for (int u = 0; u < V; ++u) k.k[u] = op.coef(n * c + ch + u);
   const int64_t row0 = chunk * rows_per_chunk;
   const int64_t row1 = min64(hw, row0 + rows_per_chunk);
-  for (int64_t r = row0 + threadIdx.y; r < row1; r += kTileRows) {
-    const int64_t i = (n * hw + r) * c + ch;
-    op.template apply<1>(i, op.template load<1>(i), k);
+  for (int64_t r0 = row0 + threadIdx.y; r0 < row1; r0 += kUnroll * kTileRows) {
+    typename Op::template Inputs<V> in[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t r = r0 + u * kTileRows;
+      if (r < row1) in[u] = op.template load<V>((n * hw + r) * c + ch);
+    }
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t r = r0 + u * kTileRows;
+      if (r < row1) op.template apply<V>((n * hw + r) * c + ch, in[u], k);
+    }
   }
 }
 
 template <typename scalar_t, typename Op>
 cudaError_t launch_elementwise(const Op& op, const Activation& s, cudaStream_t stream) {
+  // 16-byte packs where every row (channels first: of H * W values; channels_last: of C)
+  // starts on a pack boundary of aligned tensors.
+  constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+  const bool aligned_tensors = op.aligned_to(kVectorBytes);
   if (s.channels_last) {
+    const bool packed = s.c % kPack == 0 && aligned_tensors;
     const int64_t rows_per_chunk = int64_t(kTileRows) * kUnroll * 4;
     const int64_t chunks = ceil_div(s.hw, rows_per_chunk);
-    if (!grid_fits(s.n * chunks, channel_tiles(s))) return cudaErrorInvalidConfiguration;
-    const dim3 grid(static_cast<unsigned>(s.n * chunks), channel_tiles(s));
-    elementwise_channels_last_kernel<<<grid, dim3(kTileC, kTileRows), 0, stream>>>(
-        op, s.hw, s.c, chunks, rows_per_chunk);
+    const int64_t tiles = ceil_div(s.c, int64_t(kTileC) * (packed ? kPack : 1));
+    if (!grid_fits(s.n * chunks, tiles)) return cudaErrorInvalidConfiguration;
+    const dim3 grid(static_cast<unsigned>(s.n * chunks), static_cast<unsigned>(tiles));
+    if (packed) {
+      elementwise_channels_last_kernel<kPack><<<grid, dim3(kTileC, kTileRows), 0, stream>>>(
+          op, s.hw, s.c, chunks, rows_per_chunk);
+    } else {
+      elementwise_channels_last_kernel<1><<<grid, dim3(kTileC, kTileRows), 0, stream>>>(
+          op, s.hw, s.c, chunks, rows_per_chunk);
+    }
     return cudaGetLastError();
   }
   if (!grid_fits(s.n * s.c, 1)) return cudaErrorInvalidConfiguration;
-  // 16-byte packs where every row starts on a pack boundary of aligned tensors.
-  constexpr int kPack = kVectorBytes / sizeof(scalar_t);
-  const bool packed = s.hw % kPack == 0 && op.aligned_to(kVectorBytes);
+  const bool packed = s.hw % kPack == 0 && aligned_tensors;
   const int64_t values_per_chunk = int64_t(kThreads) * kUnroll * (packed ? kPack : 1);
   const dim3 grid(static_cast<unsigned>(s.n * s.c),
                   static_cast<unsigned>(min64(kMaxGridY, ceil_div(s.hw, values_per_chunk))));
