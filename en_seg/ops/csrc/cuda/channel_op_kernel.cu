@@ -229,15 +229,17 @@ __device__ State block_reduce(State s, const State& identity, State* warps) {
   return s;
 }
 
-// Merges the kTileRows states of a channels_last block's column into thread row 0, in order.
-template <typename State>
-__device__ State column_reduce(State s, State (*tile)[kTileC]) {
-  tile[threadIdx.y][threadIdx.x] = s;
+// Merges the kTileRows states of each of a channels_last block's columns (a thread's V
+// channels) into thread row 0, in order.
+template <int V, typename State>
+__device__ void column_reduce(State (&s)[V], State (*tile)[kTileC * V]) {
+  for (int j = 0; j < V; ++j) tile[threadIdx.y][threadIdx.x * V + j] = s[j];
   __syncthreads();
   if (threadIdx.y == 0) {
-    for (int r = 1; r < kTileRows; ++r) s = merge(s, tile[r][threadIdx.x]);
+    for (int r = 1; r < kTileRows; ++r) {
+      for (int j = 0; j < V; ++j) s[j] = merge(s[j], tile[r][threadIdx.x * V + j]);
+    }
   }
-  return s;
 }
 
 // How the H * W positions of a sample's (channels_last) or of an (n, c) row's (channels
@@ -270,16 +272,22 @@ int rows_block_threads(int64_t values) {
   return static_cast<int>(min64(kThreads, warps * kWarp));
 }
 
-// Values a channels-first reduction's thread loads at once: a 16-byte pack where every row
-// and segment starts on a pack boundary of 16-byte aligned tensors (segments are whole
-// kMaxPack values), else 1.
+// Values a reduction's thread loads at once: a 16-byte pack where every row (channels
+// first: of H * W values, and every segment, whole kMaxPack values; channels_last: of C)
+// starts on a pack boundary of 16-byte aligned tensors, else 1.
 template <typename scalar_t>
 int reduction_pack(const Activation& s, std::initializer_list<const void*> tensors) {
   constexpr int kPack = kVectorBytes / sizeof(scalar_t);
   for (const void* p : tensors) {
     if (!aligned(p, kVectorBytes)) return 1;
   }
-  return s.hw % kPack == 0 ? kPack : 1;
+  return (s.channels_last ? s.c : s.hw) % kPack == 0 ? kPack : 1;
+}
+
+// The channels_last reductions' grid: (N * segments, tiles of kTileC * V channels).
+dim3 segments_grid(const Activation& s, const Segments& seg, int v) {
+  return dim3(static_cast<unsigned>(s.n * seg.count),
+              static_cast<unsigned>(ceil_div(s.c, int64_t(kTileC) * v)));
 }
 
 // No (n, c) pairs: nothing to launch (a grid may not be empty).
@@ -368,37 +376,50 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) out.write(row, c, seg, m.mean, m.var);
 }
 
-// Grid (N * segments, channel tiles); writes per (n, segment) C means then C variances.
-template <typename scalar_t>
+// Grid (N * segments, channel tiles of kTileC * V channels); a thread takes V consecutive
+// channels (a 16-byte pack where C allows) of kUnroll rows at a time; writes per
+// (n, segment) C means then C variances.
+template <int V, typename scalar_t>
 __global__ void __launch_bounds__(kTileC * kTileRows)
     moments_segments_kernel(const scalar_t* __restrict__ x, int64_t hw, int64_t c,
                             Segments seg, acc_type<scalar_t>* __restrict__ partial) {
   using acc_t = acc_type<scalar_t>;
-  __shared__ Moments<acc_t> tile[kTileRows][kTileC];
+  static_assert(kGroup == kUnroll, "a group is a thread's kUnroll rows of one channel");
+  __shared__ Moments<acc_t> tile[kTileRows][kTileC * V];
   const int64_t task = blockIdx.x;  // n * seg.count + segment
   const int64_t n = task / seg.count, segment = task % seg.count;
-  const int64_t ch = int64_t(blockIdx.y) * kTileC + threadIdx.x;
+  const int64_t ch = (int64_t(blockIdx.y) * kTileC + threadIdx.x) * V;
   const int64_t row0 = segment * seg.rows_per_segment;
   const int64_t row1 = min64(hw, row0 + seg.rows_per_segment);
-  Moments<acc_t> m{0, acc_t(0), acc_t(0)};
-  if (ch < c) {
+  Moments<acc_t> m[V];
+  for (int j = 0; j < V; ++j) m[j] = {0, acc_t(0), acc_t(0)};
+  if (ch < c) {  // C is a multiple of V
     const scalar_t* column = x + n * hw * c + ch;
     int64_t r = row0 + threadIdx.y;
     for (; r + (kUnroll - 1) * kTileRows < row1; r += kUnroll * kTileRows) {
-      acc_t v[kUnroll];
-      for (int u = 0; u < kUnroll; ++u) v[u] = to_acc(column[(r + u * kTileRows) * c]);
-      m = merge(m, group_moments(v, kUnroll));
+      Pack<scalar_t, V> p[kUnroll];
+      for (int u = 0; u < kUnroll; ++u) p[u] = load<V>(column + (r + u * kTileRows) * c);
+      for (int j = 0; j < V; ++j) {
+        acc_t v[kGroup];
+        for (int u = 0; u < kUnroll; ++u) v[u] = to_acc(p[u].v[j]);
+        m[j] = merge(m[j], group_moments(v, kUnroll));
+      }
     }
     for (; r < row1; r += kTileRows) {
-      const acc_t v[kUnroll] = {to_acc(column[r * c])};
-      m = merge(m, group_moments(v, 1));
+      const Pack<scalar_t, V> p = load<V>(column + r * c);
+      for (int j = 0; j < V; ++j) {
+        const acc_t v[kGroup] = {to_acc(p.v[j])};
+        m[j] = merge(m[j], group_moments(v, 1));
+      }
     }
   }
-  m = column_reduce(m, tile);
+  column_reduce(m, tile);
   if (threadIdx.y == 0 && ch < c) {
     acc_t* out = partial + task * 2 * c;
-    out[ch] = m.mean;
-    out[c + ch] = m.var;
+    for (int j = 0; j < V; ++j) {
+      out[ch + j] = m[j].mean;
+      out[c + ch + j] = m[j].var;
+    }
   }
 }
 
@@ -468,48 +489,58 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) out.write(row, c, seg, s.dy, s.dy_xc);
 }
 
-// Grid (N * segments, channel tiles); writes per (n, segment) C sums of dy, then C of
-// dy (x - center).
-template <typename scalar_t>
+// Grid (N * segments, channel tiles of kTileC * V channels), V channels a thread as in the
+// moments; writes per (n, segment) C sums of dy, then C of dy (x - center).
+template <int V, typename scalar_t>
 __global__ void __launch_bounds__(kTileC * kTileRows)
     grad_sums_segments_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                               int64_t hw, int64_t c, Segments seg,
                               const acc_type<scalar_t>* __restrict__ center,
                               acc_type<scalar_t>* __restrict__ partial) {
   using acc_t = acc_type<scalar_t>;
-  __shared__ GradSums<acc_t> tile[kTileRows][kTileC];
+  __shared__ GradSums<acc_t> tile[kTileRows][kTileC * V];
   const int64_t task = blockIdx.x;
   const int64_t n = task / seg.count, segment = task % seg.count;
-  const int64_t ch = int64_t(blockIdx.y) * kTileC + threadIdx.x;
+  const int64_t ch = (int64_t(blockIdx.y) * kTileC + threadIdx.x) * V;
   const int64_t row0 = segment * seg.rows_per_segment;
   const int64_t row1 = min64(hw, row0 + seg.rows_per_segment);
-  GradSums<acc_t> s{acc_t(0), acc_t(0)};
-  if (ch < c) {
-    const acc_t ctr = center[n * c + ch];
+  GradSums<acc_t> s[V];
+  for (int j = 0; j < V; ++j) s[j] = {acc_t(0), acc_t(0)};
+  if (ch < c) {  // C is a multiple of V
+    acc_t ctr[V];
+    for (int j = 0; j < V; ++j) ctr[j] = center[n * c + ch + j];
     const int64_t base = n * hw * c + ch;
     int64_t r = row0 + threadIdx.y;
     for (; r + (kUnroll - 1) * kTileRows < row1; r += kUnroll * kTileRows) {
-      acc_t g[kUnroll], v[kUnroll];
+      Pack<scalar_t, V> g[kUnroll], v[kUnroll];
       for (int u = 0; u < kUnroll; ++u) {
-        g[u] = to_acc(dy[base + (r + u * kTileRows) * c]);
-        v[u] = to_acc(x[base + (r + u * kTileRows) * c]);
+        g[u] = load<V>(dy + base + (r + u * kTileRows) * c);
+        v[u] = load<V>(x + base + (r + u * kTileRows) * c);
       }
       for (int u = 0; u < kUnroll; ++u) {
-        s.dy += g[u];
-        s.dy_xc += g[u] * (v[u] - ctr);
+        for (int j = 0; j < V; ++j) {
+          const acc_t gj = to_acc(g[u].v[j]);
+          s[j].dy += gj;
+          s[j].dy_xc += gj * (to_acc(v[u].v[j]) - ctr[j]);
+        }
       }
     }
     for (; r < row1; r += kTileRows) {
-      const acc_t g = to_acc(dy[base + r * c]);
-      s.dy += g;
-      s.dy_xc += g * (to_acc(x[base + r * c]) - ctr);
+      const Pack<scalar_t, V> g = load<V>(dy + base + r * c), v = load<V>(x + base + r * c);
+      for (int j = 0; j < V; ++j) {
+        const acc_t gj = to_acc(g.v[j]);
+        s[j].dy += gj;
+        s[j].dy_xc += gj * (to_acc(v.v[j]) - ctr[j]);
+      }
     }
   }
-  s = column_reduce(s, tile);
+  column_reduce(s, tile);
   if (threadIdx.y == 0 && ch < c) {
     acc_t* out = partial + task * 2 * c;
-    out[ch] = s.dy;
-    out[c + ch] = s.dy_xc;
+    for (int j = 0; j < V; ++j) {
+      out[ch + j] = s[j].dy;
+      out[c + ch + j] = s[j].dy_xc;
+    }
   }
 }
 
@@ -775,9 +806,15 @@ cudaError_t launch_channel_moments(const void* x, DType dtype, const Activation&
     const Segments seg = segments(s);
     if (s.channels_last) {
       if (!grid_fits(s.n * seg.count, channel_tiles(s))) return cudaErrorInvalidConfiguration;
-      const dim3 grid(static_cast<unsigned>(s.n * seg.count), channel_tiles(s));
-      moments_segments_kernel<<<grid, dim3(kTileC, kTileRows), 0, stream>>>(data, s.hw, s.c,
-                                                                             seg, partial);
+      constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+      const dim3 block(kTileC, kTileRows);
+      if (reduction_pack<scalar_t>(s, {data}) == kPack) {
+        moments_segments_kernel<kPack><<<segments_grid(s, seg, kPack), block, 0, stream>>>(
+            data, s.hw, s.c, seg, partial);
+      } else {
+        moments_segments_kernel<1><<<segments_grid(s, seg, 1), block, 0, stream>>>(
+            data, s.hw, s.c, seg, partial);
+      }
     } else {
       if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
       const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(seg.count));
@@ -832,9 +869,15 @@ cudaError_t launch_channel_affine_grad_sums(const void* grad_y, const void* x, D
     const Segments seg = segments(s);
     if (s.channels_last) {
       if (!grid_fits(s.n * seg.count, channel_tiles(s))) return cudaErrorInvalidConfiguration;
-      const dim3 grid(static_cast<unsigned>(s.n * seg.count), channel_tiles(s));
-      grad_sums_segments_kernel<<<grid, dim3(kTileC, kTileRows), 0, stream>>>(
-          dy, data, s.hw, s.c, seg, ctr, partial);
+      constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+      const dim3 block(kTileC, kTileRows);
+      if (reduction_pack<scalar_t>(s, {dy, data}) == kPack) {
+        grad_sums_segments_kernel<kPack><<<segments_grid(s, seg, kPack), block, 0, stream>>>(
+            dy, data, s.hw, s.c, seg, ctr, partial);
+      } else {
+        grad_sums_segments_kernel<1><<<segments_grid(s, seg, 1), block, 0, stream>>>(
+            dy, data, s.hw, s.c, seg, ctr, partial);
+      }
     } else {
       if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
       const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(seg.count));
