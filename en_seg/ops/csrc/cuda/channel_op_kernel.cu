@@ -423,6 +423,26 @@ __global__ void __launch_bounds__(kTileC * kTileRows)
   }
 }
 
+// Calls take(k, first, second) for every segment k of (n, ch)'s partial results in order,
+// having loaded kUnroll segments' pairs before taking the first of them: a thread of a
+// merge kernel waits for memory once per kUnroll segments, not once per segment.
+template <typename acc_t, typename Take>
+__device__ __forceinline__ void for_each_segment(const acc_t* partial, int64_t n, int64_t ch,
+                                                 int64_t c, const Segments& seg,
+                                                 const Take& take) {
+  const acc_t* base = partial + n * seg.count * 2 * c + ch;
+  int64_t k = 0;
+  for (; k + kUnroll <= seg.count; k += kUnroll) {
+    acc_t first[kUnroll], second[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) {
+      first[u] = base[(k + u) * 2 * c];
+      second[u] = base[(k + u) * 2 * c + c];
+    }
+    for (int u = 0; u < kUnroll; ++u) take(k + u, first[u], second[u]);
+  }
+  for (; k < seg.count; ++k) take(k, base[k * 2 * c], base[k * 2 * c + c]);
+}
+
 template <typename acc_t>
 __global__ void merge_moment_segments_kernel(const acc_t* __restrict__ partial, int64_t nc,
                                              int64_t c, int64_t hw, Segments seg,
@@ -430,13 +450,12 @@ __global__ void merge_moment_segments_kernel(const acc_t* __restrict__ partial, 
                                              acc_t* __restrict__ var) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= nc) return;
-  const int64_t n = i / c, ch = i % c;
   Moments<acc_t> m{0, acc_t(0), acc_t(0)};
-  for (int64_t s = 0; s < seg.count; ++s) {
-    const acc_t* part = partial + (n * seg.count + s) * 2 * c;
-    const int64_t rows = min64(seg.rows_per_segment, hw - s * seg.rows_per_segment);
-    m = merge(m, Moments<acc_t>{rows, part[ch], part[c + ch]});
-  }
+  for_each_segment(partial, i / c, i % c, c, seg, [&](int64_t k, acc_t part_mean,
+                                                      acc_t part_var) {
+    const int64_t rows = min64(seg.rows_per_segment, hw - k * seg.rows_per_segment);
+    m = merge(m, Moments<acc_t>{rows, part_mean, part_var});
+  });
   mean[i] = m.mean;
   var[i] = m.var;
 }
@@ -551,12 +570,10 @@ __global__ void add_grad_sum_segments_kernel(const acc_t* __restrict__ partial, 
                                              acc_t* __restrict__ sum_dy_xc) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= nc) return;
-  const int64_t n = i / c, ch = i % c;
   GradSums<acc_t> s{acc_t(0), acc_t(0)};
-  for (int64_t k = 0; k < seg.count; ++k) {
-    const acc_t* part = partial + (n * seg.count + k) * 2 * c;
-    s = merge(s, GradSums<acc_t>{part[ch], part[c + ch]});
-  }
+  for_each_segment(partial, i / c, i % c, c, seg, [&](int64_t, acc_t dy, acc_t dy_xc) {
+    s = merge(s, GradSums<acc_t>{dy, dy_xc});
+  });
   sum_dy[i] = s.dy;
   sum_dy_xc[i] = s.dy_xc;
 }
