@@ -120,10 +120,9 @@ def test_a_converted_model_learns_reloads_and_compiles(name):
         torch.testing.assert_close(logits(compiled, x), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('name', ['torchvision.deeplabv3_resnet50', 'timm.hrnet_w18_small'])
+@pytest.mark.parametrize('name', [case for case in CASES if case.values[0] in (
+    'torchvision.deeplabv3_resnet50', 'timm.hrnet_w18_small')])
 def test_a_batchnorm_checkpoint_gives_the_same_output_through_a_bn_pool(name):
-    if name.startswith('timm') and find_spec('timm') is None:
-        pytest.skip('timm is not installed')
     model = MODELS[name][0]()
     with torch.no_grad():  # running statistics and affine parameters of a trained model
         for m in model.modules():

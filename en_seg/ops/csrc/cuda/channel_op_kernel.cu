@@ -284,19 +284,12 @@ int reduction_pack(const Activation& s, std::initializer_list<const void*> tenso
   return (s.channels_last ? s.c : s.hw) % kPack == 0 ? kPack : 1;
 }
 
-// The channels_last reductions' grid: (N * segments, tiles of kTileC * V channels).
-dim3 segments_grid(const Activation& s, const Segments& seg, int v) {
-  return dim3(static_cast<unsigned>(s.n * seg.count),
-              static_cast<unsigned>(ceil_div(s.c, int64_t(kTileC) * v)));
-}
 
 // No (n, c) pairs: nothing to launch (a grid may not be empty).
 bool empty(const Activation& s) { return s.n == 0 || s.c == 0; }
 
-// Channel tiles of a channels_last grid: its y dimension.
-unsigned channel_tiles(const Activation& s) {
-  return static_cast<unsigned>(ceil_div(s.c, kTileC));
-}
+// Channel tiles of a channels_last grid, kTileC threads of v channels each: its y dimension.
+int64_t channel_tiles(const Activation& s, int v) { return ceil_div(s.c, int64_t(kTileC) * v); }
 
 unsigned merge_blocks(const Activation& s) {
   return static_cast<unsigned>(ceil_div(s.n * s.c, kThreads));
@@ -759,7 +752,7 @@ cudaError_t launch_elementwise(const Op& op, const Activation& s, cudaStream_t s
     const bool packed = s.c % kPack == 0 && aligned_tensors;
     const int64_t rows_per_chunk = int64_t(kTileRows) * kUnroll * 4;
     const int64_t chunks = ceil_div(s.hw, rows_per_chunk);
-    const int64_t tiles = ceil_div(s.c, int64_t(kTileC) * (packed ? kPack : 1));
+    const int64_t tiles = channel_tiles(s, packed ? kPack : 1);
     if (!grid_fits(s.n * chunks, tiles)) return cudaErrorInvalidConfiguration;
     const dim3 grid(static_cast<unsigned>(s.n * chunks), static_cast<unsigned>(tiles));
     if (packed) {
@@ -822,15 +815,17 @@ cudaError_t launch_channel_moments(const void* x, DType dtype, const Activation&
     auto* partial = static_cast<acc_t*>(workspace);
     const Segments seg = segments(s);
     if (s.channels_last) {
-      if (!grid_fits(s.n * seg.count, channel_tiles(s))) return cudaErrorInvalidConfiguration;
       constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+      const int v = reduction_pack<scalar_t>(s, {data});
+      if (!grid_fits(s.n * seg.count, channel_tiles(s, v))) return cudaErrorInvalidConfiguration;
+      const dim3 grid(static_cast<unsigned>(s.n * seg.count),
+                      static_cast<unsigned>(channel_tiles(s, v)));
       const dim3 block(kTileC, kTileRows);
-      if (reduction_pack<scalar_t>(s, {data}) == kPack) {
-        moments_segments_kernel<kPack><<<segments_grid(s, seg, kPack), block, 0, stream>>>(
-            data, s.hw, s.c, seg, partial);
+      if (v == kPack) {
+        moments_segments_kernel<kPack><<<grid, block, 0, stream>>>(data, s.hw, s.c, seg,
+                                                                   partial);
       } else {
-        moments_segments_kernel<1><<<segments_grid(s, seg, 1), block, 0, stream>>>(
-            data, s.hw, s.c, seg, partial);
+        moments_segments_kernel<1><<<grid, block, 0, stream>>>(data, s.hw, s.c, seg, partial);
       }
     } else {
       if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
@@ -885,15 +880,18 @@ cudaError_t launch_channel_affine_grad_sums(const void* grad_y, const void* x, D
     auto* partial = static_cast<acc_t*>(workspace);
     const Segments seg = segments(s);
     if (s.channels_last) {
-      if (!grid_fits(s.n * seg.count, channel_tiles(s))) return cudaErrorInvalidConfiguration;
       constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+      const int v = reduction_pack<scalar_t>(s, {dy, data});
+      if (!grid_fits(s.n * seg.count, channel_tiles(s, v))) return cudaErrorInvalidConfiguration;
+      const dim3 grid(static_cast<unsigned>(s.n * seg.count),
+                      static_cast<unsigned>(channel_tiles(s, v)));
       const dim3 block(kTileC, kTileRows);
-      if (reduction_pack<scalar_t>(s, {dy, data}) == kPack) {
-        grad_sums_segments_kernel<kPack><<<segments_grid(s, seg, kPack), block, 0, stream>>>(
-            dy, data, s.hw, s.c, seg, ctr, partial);
+      if (v == kPack) {
+        grad_sums_segments_kernel<kPack><<<grid, block, 0, stream>>>(dy, data, s.hw, s.c, seg,
+                                                                     ctr, partial);
       } else {
-        grad_sums_segments_kernel<1><<<segments_grid(s, seg, 1), block, 0, stream>>>(
-            dy, data, s.hw, s.c, seg, ctr, partial);
+        grad_sums_segments_kernel<1><<<grid, block, 0, stream>>>(dy, data, s.hw, s.c, seg, ctr,
+                                                                 partial);
       }
     } else {
       if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
