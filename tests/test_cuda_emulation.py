@@ -61,8 +61,8 @@ ORDERS = os.environ.get('CUDA_EMULATION_ORDERS', 'forward reversed shuffled').sp
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # (N, C, H, W): H·W = 1; N = 1 with C not a multiple of 32 (one warp a row); H·W larger
 # than one block's pass (256 threads x 4) and than one channels_last segment (128 rows);
-# the widest: full 256-thread rows split in 3 segments, the most (64) channels_last
-# segments, 3 channel tiles; C = 64 with odd rows. H·W (channels first) or C (channels_last)
+# the widest: full 256-thread rows split in 3 segments, 72 channels_last segments of 128
+# rows (9 a thread row in the merge), 3 channel tiles; C = 64 with odd rows. H·W (channels first) or C (channels_last)
 # divisible by 16 bytes' values takes the 16-byte packs.
 SHAPES = [(2, 3, 1, 1), (1, 37, 7, 9), (2, 5, 40, 77), (1, 70, 100, 91), (2, 64, 6, 7)]
 SHAPE_IDS = ['hw=1', 'n=1,c=37', 'hw>block', 'widest', 'c=64']
@@ -225,19 +225,39 @@ def test_channel_affine_input_grad(channel_op, in_every_order, shape, dtype,
     assert torch.equal(dx, expected.to(dtype))
 
 
-@pytest.mark.parametrize('shape, segments', [
-    ((2, 32, 256, 512), 16),   # the stem at batch 2, 512x1024: 64 rows split 16 ways
-    ((1, 70, 100, 91), 3),     # 'widest': split as far as 4096-value segments allow
-    ((2, 5, 40, 77), 1),       # rows too short to split
-    ((8, 256, 64, 64), 1),     # enough rows to fill the GPU
+#: The emulated GPU's multiprocessors (bindings/channel_op.cpp), and the blocks of 256
+#: threads each holds at once: a reduction splits rows until its grid fills the GPU once.
+MULTIPROCESSORS, RESIDENT_BLOCKS = 132, 8
+
+
+@pytest.mark.parametrize('shape, channels_last, segments, fills', [
+    ((2, 32, 256, 512), False, 17, True),  # the stem at batch 2, 512x1024: 64 rows
+    ((1, 70, 100, 91), False, 3, True),    # 'widest': as far as 4096-value segments allow
+    ((2, 5, 40, 77), False, 1, False),     # rows too short to split
+    ((8, 256, 64, 64), False, 1, True),    # enough rows to fill the GPU
+    ((2, 64, 256, 256), True, 256, True),  # 2 samples x 1 channel tile: the most segments
+    ((2, 2048, 64, 64), True, 32, True),   # 16 tiles: segments of 128 rows
+    ((8, 512, 64, 64), True, 32, True),
+    ((2, 512, 1, 1), True, 1, False),      # the ASPP image pool: 1024 values
 ])
-def test_channels_first_reductions_split_rows_when_few(channel_op, shape, segments):
-    """Row segments, seen through the scratch the launcher asks for: (N, segments, 2, C)
-    float32 partial results, none for an unsplit channels-first row."""
+def test_reductions_split_rows_to_fill_the_gpu(channel_op, shape, channels_last, segments,
+                                               fills):
+    """Segments, seen through the scratch the launcher asks for: (N, segments, 2, C) float32
+    partial results (none for an unsplit channels-first row) and an arrival counter per
+    split row or per sample's channel tile. The grid has a block for every multiprocessor
+    wherever the shape has the values for it, and is not split further than about one
+    GPU-full of blocks."""
     n, c, h, w = shape
-    expected = 0 if segments == 1 else n * segments * 2 * c * 4
-    dtype_code = kernels._DTYPES[torch.float32]
-    assert channel_op._workspace_bytes(dtype_code, n, c, h * w, 0) == expected
+    workspace, arrivals = channel_op.scratch_sizes(torch.float32, n, c, h * w, channels_last)
+    if channels_last:
+        assert (workspace, arrivals) == (n * segments * 2 * c * 4, n * -(-c // 32))
+        blocks = n * segments * -(-c // 128)  # float32: 4 channels a thread, 32 threads
+    else:
+        split = segments > 1
+        assert (workspace, arrivals) == (n * c * segments * 2 * 4 * split, n * c * split)
+        blocks = n * c * segments
+    assert (blocks >= MULTIPROCESSORS) == fills
+    assert segments == 1 or blocks < 2 * MULTIPROCESSORS * RESIDENT_BLOCKS
 
 
 @dtypes
@@ -363,20 +383,26 @@ def test_switchable_coefficients(coefficient_ops, in_every_order, n, c, mode):
         assert_close_scaled(actual, reference, RATIO_TOLERANCE, RATIO_TOLERANCE)
 
 
-#: Kernels of our own a training layer step launches, where every (n, c) row fits one
-#: block's pass (no segment merge; channels_last and split rows add one a reduction):
-#: forward moments, coefficients, apply; backward grad sums, the coefficients' backward
-#: (a block per sample, then a thread per channel), dx. cuDNN's BatchNorm launches 2 to 4
-#: (docs/cuda_sass.md); before the coefficient kernels were fused, EN took (6, 7), SN (4, 5).
-STEP_LAUNCHES = {'EN': (3, 4), 'SN': (3, 4)}
+#: Kernels of our own a training layer step launches, in every layout: forward moments,
+#: coefficients, apply; backward grad sums, the coefficients' backward, dx. Split rows and
+#: channels_last segments are merged in the tails of the reductions, the coefficients'
+#: per-channel backward in the tail of its per-sample one (arrival.cuh). cuDNN's BatchNorm
+#: launches 2 to 4 (docs/cuda_sass.md); before the coefficient kernels were fused, EN took
+#: (6, 7) and SN (4, 5), plus a merge kernel per reduction where rows were split.
+STEP_LAUNCHES = (3, 3)
 
 
 @pytest.mark.parametrize('layer', ['EN', 'SN'])
-def test_a_training_layer_step_launches_three_kernels_forward_and_four_backward(
-        channel_op, coefficient_ops, layer):
+@pytest.mark.parametrize('hw, channels_last', [
+    ((8, 8), False),
+    ((128, 64), False),  # rows split in 2 segments
+    ((8, 8), True),
+])
+def test_a_training_layer_step_launches_three_kernels_forward_and_three_backward(
+        channel_op, coefficient_ops, layer, hw, channels_last):
     n, c, r, hidden, codes = 2, 40, 8, 150, (0, 1, 2)
-    x = activation((n, c, 8, 8), torch.float32, False, seed=0)
-    dy = activation((n, c, 8, 8), torch.float32, False, seed=1)
+    x = activation((n, c, *hw), torch.float32, channels_last, seed=0)
+    dy = activation((n, c, *hw), torch.float32, channels_last, seed=1)
     launches = []
 
     def run(library, call, *args):
@@ -384,10 +410,10 @@ def test_a_training_layer_step_launches_three_kernels_forward_and_four_backward(
         launches.append(library.launches())
         return outputs
 
-    mean, var = run(channel_op, channel_op.channel_moments, x, False)
+    mean, var = run(channel_op, channel_op.channel_moments, x, channels_last)
     _, _, running = coefficient_case(n, c, len(codes))
     gen = torch.Generator().manual_seed(3)
-    tail = (codes, True, 0.1, 1e-5, n * 64)
+    tail = (codes, True, 0.1, 1e-5, n * hw[0] * hw[1])
     if layer == 'EN':
         weights = float_ratio_inputs(n, len(codes), c, r, hidden)[3:]
         gamma, beta = torch.randn(3, c, generator=gen), torch.randn(3, c, generator=gen)
@@ -405,12 +431,12 @@ def test_a_training_layer_step_launches_three_kernels_forward_and_four_backward(
         backward = (coefficient_ops.switchable_backward,
                     *coefficients((n, c), torch.float32, 2), saved, params[0], codes, True)
     scale, shift = outputs[0], outputs[1]
-    run(channel_op, channel_op.channel_affine, x, False, mean, scale, shift)
-    run(channel_op, channel_op.channel_affine_grad_sums, dy, x, False, mean)
+    run(channel_op, channel_op.channel_affine, x, channels_last, mean, scale, shift)
+    run(channel_op, channel_op.channel_affine_grad_sums, dy, x, channels_last, mean)
     run(coefficient_ops, *backward)
-    run(channel_op, channel_op.channel_affine_input_grad, dy, x, False, mean, scale, scale,
-        shift)
-    assert (sum(launches[:3]), sum(launches[3:])) == STEP_LAUNCHES[layer], launches
+    run(channel_op, channel_op.channel_affine_input_grad, dy, x, channels_last, mean, scale,
+        scale, shift)
+    assert (sum(launches[:3]), sum(launches[3:])) == STEP_LAUNCHES, launches
 
 
 def test_ratio_forward_reports_a_launch_past_the_shared_memory_limit(ratios):

@@ -43,6 +43,13 @@ class _Library:
         if code != 0:
             raise EmulationError(code, self._lib.emu_failure_message().decode())
 
+    def _check_arrivals(self, launch, count=1):
+        """Runs launch(arrivals) with `count` zeroed arrival counters and checks its code
+        and that it left them zero (arrival.cuh's contract)."""
+        arrivals = torch.zeros(count, dtype=torch.int32)
+        self._check(launch(_ptr(arrivals)))
+        assert not arrivals.any(), 'the launch left arrival counters non-zero'
+
     def _function(self, name, restype, *argtypes):
         function = getattr(self._lib, name)
         function.restype, function.argtypes = restype, list(argtypes)
@@ -58,11 +65,11 @@ class ChannelOp(_Library):
     def __init__(self, path):
         super().__init__(path)
         shape = [_INT, _I64, _I64, _I64, _INT]  # dtype, n, c, hw, channels_last
-        self._workspace_bytes = self._function('emu_reduction_workspace_bytes', _I64, *shape)
-        self._moments = self._function('emu_channel_moments', _INT, _PTR, *shape, *[_PTR] * 3)
+        self._scratch = self._function('emu_reduction_scratch', None, *shape, _PTR)
+        self._moments = self._function('emu_channel_moments', _INT, _PTR, *shape, *[_PTR] * 4)
         self._affine = self._function('emu_channel_affine', _INT, _PTR, *shape, *[_PTR] * 4)
         self._grad_sums = self._function('emu_channel_affine_grad_sums', _INT, _PTR, _PTR,
-                                         *shape, *[_PTR] * 4)
+                                         *shape, *[_PTR] * 5)
         self._input_grad = self._function('emu_channel_affine_input_grad', _INT, _PTR, _PTR,
                                           *shape, *[_PTR] * 5)
         self._norm_input_grad = self._function('emu_channel_norm_input_grad', _INT, _PTR, _PTR,
@@ -79,14 +86,26 @@ class ChannelOp(_Library):
     def _stats(x):
         return _nan_like(x.shape[:2], torch.float64 if x.dtype == torch.float64 else torch.float32)
 
-    def _workspace(self, shape):
-        return torch.full((self._workspace_bytes(*shape),), 0xff, dtype=torch.uint8)
+    def scratch_sizes(self, dtype, n, c, hw, channels_last):
+        """(workspace bytes, arrival counters) of a reduction of x (dtype a torch dtype)."""
+        sizes = torch.zeros(2, dtype=torch.int64)
+        self._scratch(_DTYPES[dtype], n, c, hw, int(channels_last), _ptr(sizes))
+        return tuple(sizes.tolist())
+
+    def _reduce(self, launch, shape, *args):
+        """Runs a reduction's launcher with NaN-filled scratch and zeroed arrival counters
+        (checked as _check_arrivals does)."""
+        sizes = torch.zeros(2, dtype=torch.int64)
+        self._scratch(*shape, _ptr(sizes))
+        workspace = torch.full((int(sizes[0]),), 0xff, dtype=torch.uint8)
+        self._check_arrivals(lambda arrivals: launch(*args, _ptr(workspace), arrivals),
+                             int(sizes[1]))
 
     def channel_moments(self, x, channels_last):
         """(mean, var) over H * W per (n, c), var biased."""
         shape, _ = self._shape(x, channels_last)
-        mean, var, workspace = self._stats(x), self._stats(x), self._workspace(shape)
-        self._check(self._moments(_ptr(x), *shape, _ptr(mean), _ptr(var), _ptr(workspace)))
+        mean, var = self._stats(x), self._stats(x)
+        self._reduce(self._moments, shape, _ptr(x), *shape, _ptr(mean), _ptr(var))
         return mean, var
 
     def channel_affine(self, x, channels_last, center, scale, shift):
@@ -99,9 +118,9 @@ class ChannelOp(_Library):
     def channel_affine_grad_sums(self, dy, x, channels_last, center):
         """(Σ dy, Σ dy (x - center)) over H * W per (n, c)."""
         shape, _ = self._shape(x, channels_last)
-        sum_dy, sum_dy_xc, workspace = self._stats(x), self._stats(x), self._workspace(shape)
-        self._check(self._grad_sums(_ptr(dy), _ptr(x), *shape, _ptr(center), _ptr(sum_dy),
-                                    _ptr(sum_dy_xc), _ptr(workspace)))
+        sum_dy, sum_dy_xc = self._stats(x), self._stats(x)
+        self._reduce(self._grad_sums, shape, _ptr(dy), _ptr(x), *shape, _ptr(center),
+                     _ptr(sum_dy), _ptr(sum_dy_xc))
         return sum_dy, sum_dy_xc
 
     def channel_affine_input_grad(self, dy, x, channels_last, center, dy_scale, x_scale,
@@ -194,7 +213,7 @@ class CoefficientOp(_Library):
                                         _INT, _INT, ctypes.c_float, _PTR, *running, _PTR, _PTR)
         self._exemplar_backward = self._function('emu_exemplar_coefficients_backward', _INT,
                                                  *sizes[:4], _PTR, _INT, _INT, _PTR, _PTR,
-                                                 _PTR)
+                                                 _PTR, _PTR)
         self._switchable_saved = self._function('emu_switchable_saved_values', _I64, _I64,
                                                 _I64, _INT)
         self._switchable_backward_workspace = self._function(
@@ -204,7 +223,7 @@ class CoefficientOp(_Library):
                                           _PTR)
         self._switchable_backward = self._function('emu_switchable_coefficients_backward',
                                                    _INT, _I64, _I64, _PTR, _INT, _INT, _PTR,
-                                                   _PTR, _PTR)
+                                                   _PTR, _PTR, _PTR)
 
     @staticmethod
     def _pointers(tensors):
@@ -257,9 +276,9 @@ class CoefficientOp(_Library):
         workspace = _nan_like((self._exemplar_backward_workspace(*sizes),), torch.float32)
         inputs = (grad_scale, grad_shift, saved, weight, conv_w, fc1_w, fc2_w)
         codes_t = torch.tensor(codes, dtype=torch.int64)
-        self._check(self._exemplar_backward(
+        self._check_arrivals(lambda arrivals: self._exemplar_backward(
             *sizes[:4], _ptr(codes_t), k, int(batch_stats), self._pointers(inputs),
-            self._pointers(grads), _ptr(workspace)))
+            self._pointers(grads), _ptr(workspace), arrivals))
         return grads
 
     def switchable(self, mean, var, weight, bias, mean_weight, var_weight, running_mean,
@@ -288,9 +307,9 @@ class CoefficientOp(_Library):
         workspace = _nan_like((self._switchable_backward_workspace(n, c, _ptr(codes_t), k),),
                               torch.float32)
         inputs = (grad_scale, grad_shift, saved, weight)
-        self._check(self._switchable_backward(n, c, _ptr(codes_t), k, int(batch_stats),
-                                              self._pointers(inputs), self._pointers(grads),
-                                              _ptr(workspace)))
+        self._check_arrivals(lambda arrivals: self._switchable_backward(
+            n, c, _ptr(codes_t), k, int(batch_stats), self._pointers(inputs),
+            self._pointers(grads), _ptr(workspace), arrivals))
         return grads
 
 

@@ -93,6 +93,9 @@ std::vector<Fiber> fibers;  // grows to the largest block; stacks are kept
 std::vector<WarpMeeting> warps;
 unsigned barrier_arrived = 0;
 std::source_location barrier_site;
+// __syncthreads_or: the predicates of the threads at the barrier so far, and the value of
+// the barrier last passed.
+bool barrier_any = false, barrier_result = false;
 unsigned done = 0;
 bool block_failed = false;
 uint3 block_index;
@@ -305,6 +308,7 @@ void run_block(const Config& c, uint3 block_idx, Order order, std::vector<unsign
   if (fibers.size() < threads) fibers.resize(threads);
   warps.assign((threads + kWarp - 1) / kWarp, WarpMeeting{});
   barrier_arrived = 0;
+  barrier_any = false;
   done = 0;
   ++block_epoch;
   std::vector<unsigned char> dynamic(c.dynamic_shared, kNaNByte);  // exact size: ASan
@@ -415,10 +419,19 @@ void sync_block(std::source_location where) {
     return;
   }
   barrier_arrived = 0;
+  barrier_result = barrier_any;
+  barrier_any = false;
   for (unsigned i = 0; i < threads; ++i) {
     fibers[i].state = State::kReady;
     ++fibers[i].barriers;
   }
+}
+
+// Every thread reads the result as it leaves the barrier, before any can pass the next.
+bool sync_block_or(bool predicate, std::source_location where) {
+  barrier_any = barrier_any || predicate;
+  sync_block(where);
+  return barrier_result;
 }
 
 namespace {

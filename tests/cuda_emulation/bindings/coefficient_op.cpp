@@ -76,7 +76,8 @@ EMU_EXPORT int emu_exemplar_coefficients(int64_t n, int64_t c, int64_t r, int64_
 EMU_EXPORT int emu_exemplar_coefficients_backward(int64_t n, int64_t c, int64_t r,
                                                   int64_t hidden, const int64_t* codes, int k,
                                                   int batch_stats, const float* const* inputs,
-                                                  float* const* grads, float* workspace) {
+                                                  float* const* grads, float* workspace,
+                                                  unsigned* arrivals) {
   const cuda::ExemplarBackwardInputs in{inputs[0], inputs[1], inputs[2], inputs[3],
                                         inputs[4], inputs[5], inputs[6]};
   const cuda::ExemplarGrads out{grads[0], grads[1], grads[2], grads[3], grads[4],
@@ -84,7 +85,7 @@ EMU_EXPORT int emu_exemplar_coefficients_backward(int64_t n, int64_t c, int64_t 
   return emu::run_launcher([&] {
     return cuda::launch_exemplar_coefficients_backward(shape(n, c, codes, k, batch_stats, 0.f),
                                                        sizes(n, c, r, hidden, k), in, out,
-                                                       workspace, nullptr);
+                                                       workspace, arrivals, nullptr);
   });
 }
 
@@ -117,12 +118,13 @@ EMU_EXPORT int emu_switchable_coefficients(int64_t n, int64_t c, const int64_t* 
 EMU_EXPORT int emu_switchable_coefficients_backward(int64_t n, int64_t c, const int64_t* codes,
                                                     int k, int batch_stats,
                                                     const float* const* inputs,
-                                                    float* const* grads, float* workspace) {
+                                                    float* const* grads, float* workspace,
+                                                    unsigned* arrivals) {
   const cuda::SwitchableBackwardInputs in{inputs[0], inputs[1], inputs[2], inputs[3]};
   const cuda::SwitchableGrads out{grads[0], grads[1], grads[2], grads[3], grads[4], grads[5]};
   return emu::run_launcher([&] {
     return cuda::launch_switchable_coefficients_backward(
-        shape(n, c, codes, k, batch_stats, 0.f), in, out, workspace, nullptr);
+        shape(n, c, codes, k, batch_stats, 0.f), in, out, workspace, arrivals, nullptr);
   });
 }
 

@@ -48,6 +48,15 @@ inline void __syncthreads(std::source_location where = std::source_location::cur
   ::emu::detail::sync_block(where);
 }
 
+inline int __syncthreads_or(int predicate,
+                            std::source_location where = std::source_location::current()) {
+  return ::emu::detail::sync_block_or(predicate != 0, where) ? 1 : 0;
+}
+
+// Blocks run one after another, each to its end, and threads switch only at meeting points:
+// every write is visible to every later reader without a fence.
+inline void __threadfence() {}
+
 inline void __syncwarp(unsigned mask = 0xffffffffu,
                        std::source_location where = std::source_location::current()) {
   ::emu::detail::sync_warp(mask, where);

@@ -2,6 +2,7 @@
 // channel_affine_input_grad and channel_norm_input_grad: argument checks, allocation on the
 // caching allocator and launch on the current stream. The kernels are in
 // channel_op_kernel.cu.
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -11,6 +12,7 @@
 #include <tuple>
 
 #include "../channel_op.h"
+#include "arrival_counters.h"
 #include "channel_op_kernel.h"
 
 namespace en_seg {
@@ -29,23 +31,34 @@ cuda::DType kernel_dtype(at::ScalarType dtype) {
   }
 }
 
-cuda::Activation kernel_shape(const Activation& x) { return {x.n, x.c, x.hw, x.channels_last}; }
-
-// Device scratch for the channels_last reductions' partial results.
-at::Tensor reduction_workspace(const Activation& x) {
-  const int64_t bytes =
-      cuda::reduction_workspace_bytes(kernel_shape(x), kernel_dtype(x.tensor.scalar_type()));
-  return at::empty({bytes}, x.tensor.options().dtype(at::kByte));
+// On the current device (the callers' guard).
+cuda::Activation kernel_shape(const Activation& x) {
+  return {x.n, x.c, x.hw, x.channels_last,
+          at::cuda::getCurrentDeviceProperties()->multiProcessorCount};
 }
+
+// What a reduction needs besides its outputs (cuda::ReductionScratch): device scratch for
+// partial results, and zeroed arrival counters.
+struct Reduction {
+  at::Tensor workspace;
+  unsigned* arrivals;
+
+  explicit Reduction(const Activation& x) {
+    const cuda::ReductionScratch scratch =
+        cuda::reduction_scratch(kernel_shape(x), kernel_dtype(x.tensor.scalar_type()));
+    workspace = at::empty({scratch.workspace_bytes}, x.tensor.options().dtype(at::kByte));
+    arrivals = scratch.arrivals > 0 ? arrival_counters(scratch.arrivals) : nullptr;
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor> channel_moments_cuda(const at::Tensor& input) {
   const Activation x = check_activation("en_seg::channel_moments", input);
   const c10::cuda::CUDAGuard guard(x.tensor.device());
   at::Tensor mean = empty_stats(x), var = empty_stats(x);
-  at::Tensor workspace = reduction_workspace(x);
+  const Reduction reduction(x);
   C10_CUDA_CHECK(cuda::launch_channel_moments(
       x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()), kernel_shape(x),
-      mean.data_ptr(), var.data_ptr(), workspace.data_ptr(),
+      mean.data_ptr(), var.data_ptr(), reduction.workspace.data_ptr(), reduction.arrivals,
       c10::cuda::getCurrentCUDAStream()));
   return {mean, var};
 }
@@ -70,12 +83,12 @@ std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cuda(const at::Tenso
   const Activation& x = args.x;
   const c10::cuda::CUDAGuard guard(x.tensor.device());
   at::Tensor sum_dy = empty_stats(x), sum_dy_xc = empty_stats(x);
-  at::Tensor workspace = reduction_workspace(x);
+  const Reduction reduction(x);
   C10_CUDA_CHECK(cuda::launch_channel_affine_grad_sums(
       args.grad_y.const_data_ptr(), x.tensor.const_data_ptr(),
       kernel_dtype(x.tensor.scalar_type()), kernel_shape(x), args.center.const_data_ptr(),
-      sum_dy.data_ptr(), sum_dy_xc.data_ptr(),
-      workspace.data_ptr(), c10::cuda::getCurrentCUDAStream()));
+      sum_dy.data_ptr(), sum_dy_xc.data_ptr(), reduction.workspace.data_ptr(),
+      reduction.arrivals, c10::cuda::getCurrentCUDAStream()));
   return {sum_dy, sum_dy_xc};
 }
 

@@ -9,11 +9,13 @@
 // a block to a row, or, when there are too few rows to fill the GPU (a small batch of
 // wide planes, such as the stem's), to a segment of a row; an elementwise pass gives a
 // block a chunk of one row, so the row's coefficients are read once. Both move 16 bytes
-// per load (and store) where the rows allow it, kUnroll of them in flight per thread. channels_last, every sample is an
-// (H * W) x C matrix: a block is 32 consecutive channels (one coalesced 128-byte line per
-// row for float32) by 8 rows, so a thread keeps one channel and its coefficients;
-// reductions split the rows of a sample into segments. Segments' partial results are merged
-// in order by a second kernel.
+// per load (and store) where the rows allow it, kUnroll of them in flight per thread.
+// channels_last, every sample is an (H * W) x C matrix: a block is kTileC threads of a
+// pack of consecutive channels each by kTileRows rows, so a thread keeps its channels and
+// their coefficients; reductions split the rows of a sample into segments. The splits are
+// sized from the GPU's multiprocessor count. Segments' partial results are merged, in
+// order, by the last block of each row or channel tile to finish (arrival.cuh): every
+// reduction is one launch.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -22,7 +24,9 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <type_traits>
 
+#include "arrival.cuh"
 #include "channel_op_kernel.h"
 
 namespace en_seg {
@@ -39,13 +43,13 @@ constexpr int kGroup = 4;
 // channels_last block: kTileC channels by kTileRows rows.
 constexpr int kTileC = 32;
 constexpr int kTileRows = 8;
-// channels_last reductions: segments per sample, at most kMaxSegments of at least
-// kMinSegmentRows rows, enough blocks to fill the GPU for EN's usual shapes.
-constexpr int64_t kMaxSegments = 64;
+// Reductions split rows into segments while the grid has fewer blocks than the GPU holds
+// at once: kResidentBlocks blocks of 256 threads per multiprocessor (2048 threads). At most
+// kMaxSegments segments a row (channels first) or a sample (channels_last), of at least
+// kMinRowSegment values (channels first) or kMinSegmentRows rows (channels_last).
+constexpr int64_t kResidentBlocks = 8;
+constexpr int64_t kMaxSegments = 256;
 constexpr int64_t kMinSegmentRows = 128;
-// Channels-first reductions: rows are split into segments of at least kMinRowSegment
-// values while there are fewer than kFillBlocks blocks (a few waves on the largest GPUs).
-constexpr int64_t kFillBlocks = 1024;
 constexpr int64_t kMinRowSegment = int64_t(kThreads) * kUnroll * 4;
 // Grid limits.
 constexpr int64_t kMaxGridX = 2147483647;
@@ -242,9 +246,11 @@ __device__ void column_reduce(State (&s)[V], State (*tile)[kTileC * V]) {
   }
 }
 
+// Channel tiles of a channels_last grid, kTileC threads of v channels each: its y dimension.
+int64_t channel_tiles(const Activation& s, int v) { return ceil_div(s.c, int64_t(kTileC) * v); }
+
 // How the H * W positions of a sample's (channels_last) or of an (n, c) row's (channels
-// first) split into segments; count == 1 is no split. Partial results are laid out
-// (N, count, 2, C) in both layouts, so one merge kernel serves both.
+// first) split into segments; count == 1 is no split (channels first: no partial results).
 struct Segments {
   int64_t rows_per_segment, count;
 
@@ -252,17 +258,40 @@ struct Segments {
     return {rows_per_segment, ceil_div(hw, rows_per_segment)};
   }
 
-  static Segments for_activation(int64_t n, int64_t c, int64_t hw, bool channels_last) {
-    if (channels_last) return of(std::max(kMinSegmentRows, ceil_div(hw, kMaxSegments)), hw);
-    const int64_t wanted = min64(ceil_div(kFillBlocks, n * c), ceil_div(hw, kMinRowSegment));
-    if (wanted <= 1) return {hw, 1};
-    // Whole 16-byte packs of every dtype a segment (reduction_pack).
-    return of(ceil_div(ceil_div(hw, min64(wanted, kMaxSegments)), kMaxPack) * kMaxPack, hw);
+  // Positions in segment k.
+  __host__ __device__ int64_t size(int64_t k, int64_t hw) const {
+    return min64(rows_per_segment, hw - k * rows_per_segment);
   }
 };
 
-Segments segments(const Activation& s) {
-  return Segments::for_activation(s.n, s.c, s.hw, s.channels_last);
+// As many segments as make a grid that fills the GPU once (multiprocessors x
+// kResidentBlocks blocks), within the limits above; `pack` is the dtype's 16-byte pack,
+// with which the channels_last grid has the fewest channel tiles.
+Segments segments(const Activation& s, int pack) {
+  const int64_t fill = int64_t(s.multiprocessors) * kResidentBlocks;
+  if (s.channels_last) {
+    const int64_t most = min64(kMaxSegments, ceil_div(s.hw, kMinSegmentRows));
+    const int64_t wanted = ceil_div(fill, s.n * channel_tiles(s, pack));
+    return Segments::of(ceil_div(s.hw, std::max<int64_t>(1, min64(wanted, most))), s.hw);
+  }
+  const int64_t wanted = min64(min64(ceil_div(fill, s.n * s.c), ceil_div(s.hw, kMinRowSegment)),
+                               kMaxSegments);
+  if (wanted <= 1) return {s.hw, 1};
+  // Whole 16-byte packs of every dtype a segment (reduction_pack).
+  return Segments::of(ceil_div(ceil_div(s.hw, wanted), kMaxPack) * kMaxPack, s.hw);
+}
+
+int dtype_pack(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat16:
+    case DType::kBFloat16:
+      return kVectorBytes / 2;
+    case DType::kFloat32:
+      return kVectorBytes / 4;
+    case DType::kFloat64:
+      break;
+  }
+  return kVectorBytes / 8;
 }
 
 // A channels-first block's width for segments of `values` values: whole warps, at most
@@ -284,41 +313,108 @@ int reduction_pack(const Activation& s, std::initializer_list<const void*> tenso
   return (s.channels_last ? s.c : s.hw) % kPack == 0 ? kPack : 1;
 }
 
-
 // No (n, c) pairs: nothing to launch (a grid may not be empty).
 bool empty(const Activation& s) { return s.n == 0 || s.c == 0; }
-
-// Channel tiles of a channels_last grid, kTileC threads of v channels each: its y dimension.
-int64_t channel_tiles(const Activation& s, int v) { return ceil_div(s.c, int64_t(kTileC) * v); }
-
-unsigned merge_blocks(const Activation& s) {
-  return static_cast<unsigned>(ceil_div(s.n * s.c, kThreads));
-}
 
 // Whether a grid of x by y blocks is within CUDA's limits; a launcher returns
 // cudaErrorInvalidConfiguration for one that is not, before it launches anything.
 bool grid_fits(int64_t x, int64_t y) { return x <= kMaxGridX && y <= kMaxGridY; }
 
 // ------------------------------------------------------------------------------------------
-// channel_moments
+// Reductions' outputs and the merge of their segments
 
-// Where a channels-first reduction block writes: the row's results when the row is not
-// split, else the segment's partial results ((N, segments, 2, C), see Segments).
+// A reduction's two (N, C) results (mean and var, or Σ dy and Σ dy (x - c)); `partial`, the
+// segments' partial results; `arrivals`, the counters of the rows' or channel tiles' blocks
+// (arrival.cuh).
 template <typename acc_t>
-struct RowsOutput {
+struct ReductionOutput {
   acc_t *first, *second, *partial;
+  unsigned* arrivals;
+};
 
-  __device__ void write(int64_t row, int64_t c, const Segments& seg, acc_t a, acc_t b) const {
-    if (seg.count == 1) {
-      first[row] = a;
-      second[row] = b;
-    } else {
-      acc_t* out = partial + ((row / c) * seg.count + blockIdx.y) * 2 * c;
-      out[row % c] = a;
-      out[c + row % c] = b;
+// A state's two stored values, and the state back from them (the tag's type) and its
+// segment's number of values.
+template <typename acc_t>
+__device__ __forceinline__ void unpack(const Moments<acc_t>& m, acc_t& a, acc_t& b) {
+  a = m.mean;
+  b = m.var;
+}
+template <typename acc_t>
+__device__ __forceinline__ void unpack(const GradSums<acc_t>& s, acc_t& a, acc_t& b) {
+  a = s.dy;
+  b = s.dy_xc;
+}
+template <typename acc_t>
+__device__ __forceinline__ Moments<acc_t> repack(const Moments<acc_t>&, int64_t values, acc_t a,
+                                                 acc_t b) {
+  return {values, a, b};
+}
+template <typename acc_t>
+__device__ __forceinline__ GradSums<acc_t> repack(const GradSums<acc_t>&, int64_t, acc_t a,
+                                                  acc_t b) {
+  return {a, b};
+}
+
+// Channels first, after block_reduce (s valid in thread 0): an unsplit row's block writes
+// its results; a split row's block leaves its segment's in the row's partials
+// ((N * C, segments, 2)), and the row's last block merges them, a thread per segment then
+// the block's tree.
+template <typename State, typename acc_t>
+__device__ void finish_row(const State& s, const State& identity, State* warps, int64_t row,
+                           int64_t hw, const Segments& seg, const ReductionOutput<acc_t>& out) {
+  if (seg.count == 1) {
+    if (threadIdx.x == 0) unpack(s, out.first[row], out.second[row]);
+    return;
+  }
+  acc_t* partial = out.partial + row * seg.count * 2;
+  if (threadIdx.x == 0) unpack(s, partial[2 * blockIdx.y], partial[2 * blockIdx.y + 1]);
+  if (!last_to_arrive(out.arrivals + row, static_cast<unsigned>(seg.count))) return;
+  State total = identity;
+  for (int64_t k = threadIdx.x; k < seg.count; k += blockDim.x) {
+    total = merge(total, repack(identity, seg.size(k, hw), partial[2 * k], partial[2 * k + 1]));
+  }
+  total = block_reduce(total, identity, warps);
+  if (threadIdx.x == 0) unpack(total, out.first[row], out.second[row]);
+}
+
+// channels_last, after column_reduce (s valid in thread row 0): the block leaves its
+// segment's results for its V channels a thread in the sample's partials ((N, segments,
+// 2, C)); the channel tile's last block merges them, segments k, k + kTileRows, ... a
+// thread row, then the rows in order.
+template <int V, typename State, typename acc_t>
+__device__ void finish_segment(const State (&s)[V], const State& identity,
+                               State (*tile)[kTileC * V], int64_t n, int64_t segment,
+                               int64_t ch, int64_t c, int64_t hw, const Segments& seg,
+                               const ReductionOutput<acc_t>& out) {
+  acc_t* partial = out.partial + n * seg.count * 2 * c;
+  if (threadIdx.y == 0 && ch < c) {
+    for (int j = 0; j < V; ++j) {
+      unpack(s[j], partial[segment * 2 * c + ch + j], partial[segment * 2 * c + c + ch + j]);
     }
   }
-};
+  if (!last_to_arrive(out.arrivals + n * gridDim.y + blockIdx.y,
+                      static_cast<unsigned>(seg.count))) {
+    return;
+  }
+  State total[V];
+  for (int j = 0; j < V; ++j) total[j] = identity;
+  if (ch < c) {
+#pragma unroll 4
+    for (int64_t k = threadIdx.y; k < seg.count; k += kTileRows) {
+      const acc_t* pair = partial + k * 2 * c + ch;
+      for (int j = 0; j < V; ++j) {
+        total[j] = merge(total[j], repack(identity, seg.size(k, hw), pair[j], pair[c + j]));
+      }
+    }
+  }
+  column_reduce(total, tile);
+  if (threadIdx.y == 0 && ch < c) {
+    for (int j = 0; j < V; ++j) unpack(total[j], out.first[n * c + ch + j], out.second[n * c + ch + j]);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// channel_moments
 
 // m merged with the moments of the `count` values of `values`, kGroup at a time in order.
 template <typename acc_t>
@@ -340,7 +436,7 @@ __device__ __forceinline__ Moments<acc_t> merge_groups(Moments<acc_t> m, const a
 template <int V, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     moments_rows_kernel(const scalar_t* __restrict__ x, int64_t hw, int64_t c, Segments seg,
-                        RowsOutput<acc_type<scalar_t>> out) {
+                        ReductionOutput<acc_type<scalar_t>> out) {
   using acc_t = acc_type<scalar_t>;
   __shared__ Moments<acc_t> warps[kThreads / kWarp];
   const int64_t row = blockIdx.x;
@@ -365,8 +461,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < V; ++j) v[j] = to_acc(p.v[j]);
     m = merge_groups(m, v, V);
   }
-  m = block_reduce(m, Moments<acc_t>{0, acc_t(0), acc_t(0)}, warps);
-  if (threadIdx.x == 0) out.write(row, c, seg, m.mean, m.var);
+  const Moments<acc_t> identity{0, acc_t(0), acc_t(0)};
+  finish_row(block_reduce(m, identity, warps), identity, warps, row, hw, seg, out);
 }
 
 // Grid (N * segments, channel tiles of kTileC * V channels); a thread takes V consecutive
@@ -375,7 +471,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int V, typename scalar_t>
 __global__ void __launch_bounds__(kTileC * kTileRows)
     moments_segments_kernel(const scalar_t* __restrict__ x, int64_t hw, int64_t c,
-                            Segments seg, acc_type<scalar_t>* __restrict__ partial) {
+                            Segments seg, ReductionOutput<acc_type<scalar_t>> out) {
   using acc_t = acc_type<scalar_t>;
   static_assert(kGroup == kUnroll, "a group is a thread's kUnroll rows of one channel");
   __shared__ Moments<acc_t> tile[kTileRows][kTileC * V];
@@ -407,50 +503,8 @@ __global__ void __launch_bounds__(kTileC * kTileRows)
     }
   }
   column_reduce(m, tile);
-  if (threadIdx.y == 0 && ch < c) {
-    acc_t* out = partial + task * 2 * c;
-    for (int j = 0; j < V; ++j) {
-      out[ch + j] = m[j].mean;
-      out[c + ch + j] = m[j].var;
-    }
-  }
-}
-
-// Calls take(k, first, second) for every segment k of (n, ch)'s partial results in order,
-// having loaded kUnroll segments' pairs before taking the first of them: a thread of a
-// merge kernel waits for memory once per kUnroll segments, not once per segment.
-template <typename acc_t, typename Take>
-__device__ __forceinline__ void for_each_segment(const acc_t* partial, int64_t n, int64_t ch,
-                                                 int64_t c, const Segments& seg,
-                                                 const Take& take) {
-  const acc_t* base = partial + n * seg.count * 2 * c + ch;
-  int64_t k = 0;
-  for (; k + kUnroll <= seg.count; k += kUnroll) {
-    acc_t first[kUnroll], second[kUnroll];
-    for (int u = 0; u < kUnroll; ++u) {
-      first[u] = base[(k + u) * 2 * c];
-      second[u] = base[(k + u) * 2 * c + c];
-    }
-    for (int u = 0; u < kUnroll; ++u) take(k + u, first[u], second[u]);
-  }
-  for (; k < seg.count; ++k) take(k, base[k * 2 * c], base[k * 2 * c + c]);
-}
-
-template <typename acc_t>
-__global__ void merge_moment_segments_kernel(const acc_t* __restrict__ partial, int64_t nc,
-                                             int64_t c, int64_t hw, Segments seg,
-                                             acc_t* __restrict__ mean,
-                                             acc_t* __restrict__ var) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= nc) return;
-  Moments<acc_t> m{0, acc_t(0), acc_t(0)};
-  for_each_segment(partial, i / c, i % c, c, seg, [&](int64_t k, acc_t part_mean,
-                                                      acc_t part_var) {
-    const int64_t rows = min64(seg.rows_per_segment, hw - k * seg.rows_per_segment);
-    m = merge(m, Moments<acc_t>{rows, part_mean, part_var});
-  });
-  mean[i] = m.mean;
-  var[i] = m.var;
+  finish_segment(m, Moments<acc_t>{0, acc_t(0), acc_t(0)}, tile, n, segment, ch, c, hw, seg,
+                 out);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -462,7 +516,7 @@ __global__ void __launch_bounds__(kThreads)
     grad_sums_rows_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                           int64_t hw, int64_t c, Segments seg,
                           const acc_type<scalar_t>* __restrict__ center,
-                          RowsOutput<acc_type<scalar_t>> out) {
+                          ReductionOutput<acc_type<scalar_t>> out) {
   using acc_t = acc_type<scalar_t>;
   __shared__ GradSums<acc_t> warps[kThreads / kWarp];
   const int64_t row = blockIdx.x;
@@ -497,8 +551,8 @@ __global__ void __launch_bounds__(kThreads)
       s.dy_xc += gj * (to_acc(v.v[j]) - ctr);
     }
   }
-  s = block_reduce(s, GradSums<acc_t>{acc_t(0), acc_t(0)}, warps);
-  if (threadIdx.x == 0) out.write(row, c, seg, s.dy, s.dy_xc);
+  const GradSums<acc_t> identity{acc_t(0), acc_t(0)};
+  finish_row(block_reduce(s, identity, warps), identity, warps, row, hw, seg, out);
 }
 
 // Grid (N * segments, channel tiles of kTileC * V channels), V channels a thread as in the
@@ -508,7 +562,7 @@ __global__ void __launch_bounds__(kTileC * kTileRows)
     grad_sums_segments_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                               int64_t hw, int64_t c, Segments seg,
                               const acc_type<scalar_t>* __restrict__ center,
-                              acc_type<scalar_t>* __restrict__ partial) {
+                              ReductionOutput<acc_type<scalar_t>> out) {
   using acc_t = acc_type<scalar_t>;
   __shared__ GradSums<acc_t> tile[kTileRows][kTileC * V];
   const int64_t task = blockIdx.x;
@@ -547,28 +601,7 @@ __global__ void __launch_bounds__(kTileC * kTileRows)
     }
   }
   column_reduce(s, tile);
-  if (threadIdx.y == 0 && ch < c) {
-    acc_t* out = partial + task * 2 * c;
-    for (int j = 0; j < V; ++j) {
-      out[ch + j] = s[j].dy;
-      out[c + ch + j] = s[j].dy_xc;
-    }
-  }
-}
-
-template <typename acc_t>
-__global__ void add_grad_sum_segments_kernel(const acc_t* __restrict__ partial, int64_t nc,
-                                             int64_t c, Segments seg,
-                                             acc_t* __restrict__ sum_dy,
-                                             acc_t* __restrict__ sum_dy_xc) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= nc) return;
-  GradSums<acc_t> s{acc_t(0), acc_t(0)};
-  for_each_segment(partial, i / c, i % c, c, seg, [&](int64_t, acc_t dy, acc_t dy_xc) {
-    s = merge(s, GradSums<acc_t>{dy, dy_xc});
-  });
-  sum_dy[i] = s.dy;
-  sum_dy_xc[i] = s.dy_xc;
+  finish_segment(s, GradSums<acc_t>{acc_t(0), acc_t(0)}, tile, n, segment, ch, c, hw, seg, out);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -777,6 +810,45 @@ cudaError_t launch_elementwise(const Op& op, const Activation& s, cudaStream_t s
   return cudaGetLastError();
 }
 
+// A reduction's launch: the rows kernel (channels first; a block per row or segment of a
+// row) or the segments kernel (channels_last; a block per sample segment and channel tile),
+// each given its pack as std::integral_constant<int, V>, its grid and block, the split
+// and where to write.
+template <typename scalar_t, typename RowsLaunch, typename SegmentsLaunch>
+cudaError_t launch_reduction(const Activation& s, std::initializer_list<const void*> inputs,
+                             void* first, void* second, void* workspace, unsigned* arrivals,
+                             const RowsLaunch& rows, const SegmentsLaunch& tiles) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int kPack = kVectorBytes / sizeof(scalar_t);
+  using Packed = std::integral_constant<int, kPack>;
+  using Single = std::integral_constant<int, 1>;
+  const Segments seg = segments(s, kPack);
+  const ReductionOutput<acc_t> out{static_cast<acc_t*>(first), static_cast<acc_t*>(second),
+                                   static_cast<acc_t*>(workspace), arrivals};
+  const bool packed = reduction_pack<scalar_t>(s, inputs) == kPack;
+  if (s.channels_last) {
+    const int64_t channel_blocks = channel_tiles(s, packed ? kPack : 1);
+    if (!grid_fits(s.n * seg.count, channel_blocks)) return cudaErrorInvalidConfiguration;
+    const dim3 grid(static_cast<unsigned>(s.n * seg.count),
+                    static_cast<unsigned>(channel_blocks));
+    const dim3 block(kTileC, kTileRows);
+    if (packed) {
+      tiles(Packed{}, grid, block, seg, out);
+    } else {
+      tiles(Single{}, grid, block, seg, out);
+    }
+  } else {
+    if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
+    const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(seg.count));
+    if (packed) {
+      rows(Packed{}, grid, dim3(rows_block_threads(seg.rows_per_segment / kPack)), seg, out);
+    } else {
+      rows(Single{}, grid, dim3(rows_block_threads(seg.rows_per_segment)), seg, out);
+    }
+  }
+  return cudaGetLastError();
+}
+
 // Calls f(scalar_t{}) with the element type of dtype.
 template <typename F>
 cudaError_t dispatch(DType dtype, const F& f) {
@@ -796,56 +868,33 @@ cudaError_t dispatch(DType dtype, const F& f) {
 
 }  // namespace
 
-int64_t reduction_workspace_bytes(const Activation& x, DType dtype) {
-  const Segments seg = segments(x);
-  if (!x.channels_last && seg.count == 1) return 0;
+ReductionScratch reduction_scratch(const Activation& x, DType dtype) {
+  const Segments seg = segments(x, dtype_pack(dtype));
   const int64_t acc_bytes = dtype == DType::kFloat64 ? 8 : 4;
-  return x.n * seg.count * 2 * x.c * acc_bytes;
+  if (x.channels_last) return {x.n * seg.count * 2 * x.c * acc_bytes, x.n * channel_tiles(x, 1)};
+  if (seg.count == 1) return {0, 0};
+  return {x.n * x.c * seg.count * 2 * acc_bytes, x.n * x.c};
 }
 
 cudaError_t launch_channel_moments(const void* x, DType dtype, const Activation& s, void* mean,
-                                   void* var, void* workspace, cudaStream_t stream) {
+                                   void* var, void* workspace, unsigned* arrivals,
+                                   cudaStream_t stream) {
   if (empty(s)) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
     const auto* data = static_cast<const scalar_t*>(x);
-    auto* mean_out = static_cast<acc_t*>(mean);
-    auto* var_out = static_cast<acc_t*>(var);
-    auto* partial = static_cast<acc_t*>(workspace);
-    const Segments seg = segments(s);
-    if (s.channels_last) {
-      constexpr int kPack = kVectorBytes / sizeof(scalar_t);
-      const int v = reduction_pack<scalar_t>(s, {data});
-      if (!grid_fits(s.n * seg.count, channel_tiles(s, v))) return cudaErrorInvalidConfiguration;
-      const dim3 grid(static_cast<unsigned>(s.n * seg.count),
-                      static_cast<unsigned>(channel_tiles(s, v)));
-      const dim3 block(kTileC, kTileRows);
-      if (v == kPack) {
-        moments_segments_kernel<kPack><<<grid, block, 0, stream>>>(data, s.hw, s.c, seg,
-                                                                   partial);
-      } else {
-        moments_segments_kernel<1><<<grid, block, 0, stream>>>(data, s.hw, s.c, seg, partial);
-      }
-    } else {
-      if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
-      const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(seg.count));
-      const RowsOutput<acc_t> out{mean_out, var_out, partial};
-      constexpr int kPack = kVectorBytes / sizeof(scalar_t);
-      if (reduction_pack<scalar_t>(s, {data}) == kPack) {
-        moments_rows_kernel<kPack>
-            <<<grid, rows_block_threads(seg.rows_per_segment / kPack), 0, stream>>>(
-                data, s.hw, s.c, seg, out);
-      } else {
-        moments_rows_kernel<1><<<grid, rows_block_threads(seg.rows_per_segment), 0, stream>>>(
-            data, s.hw, s.c, seg, out);
-      }
-    }
-    if (s.channels_last || seg.count > 1) {
-      merge_moment_segments_kernel<<<merge_blocks(s), kThreads, 0, stream>>>(
-          partial, s.n * s.c, s.c, s.hw, seg, mean_out, var_out);
-    }
-    return cudaGetLastError();
+    return launch_reduction<scalar_t>(
+        s, {data}, mean, var, workspace, arrivals,
+        [&](auto pack, const dim3& grid, const dim3& block, const Segments& seg,
+            const auto& out) {
+          constexpr int V = decltype(pack)::value;
+          moments_rows_kernel<V><<<grid, block, 0, stream>>>(data, s.hw, s.c, seg, out);
+        },
+        [&](auto pack, const dim3& grid, const dim3& block, const Segments& seg,
+            const auto& out) {
+          constexpr int V = decltype(pack)::value;
+          moments_segments_kernel<V><<<grid, block, 0, stream>>>(data, s.hw, s.c, seg, out);
+        });
   });
 }
 
@@ -867,52 +916,27 @@ cudaError_t launch_channel_affine(const void* x, DType dtype, const Activation& 
 cudaError_t launch_channel_affine_grad_sums(const void* grad_y, const void* x, DType dtype,
                                             const Activation& s, const void* center,
                                             void* sum_dy, void* sum_dy_xc, void* workspace,
-                                            cudaStream_t stream) {
+                                            unsigned* arrivals, cudaStream_t stream) {
   if (empty(s)) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
     const auto* dy = static_cast<const scalar_t*>(grad_y);
     const auto* data = static_cast<const scalar_t*>(x);
-    const auto* ctr = static_cast<const acc_t*>(center);
-    auto* s_dy = static_cast<acc_t*>(sum_dy);
-    auto* s_dy_xc = static_cast<acc_t*>(sum_dy_xc);
-    auto* partial = static_cast<acc_t*>(workspace);
-    const Segments seg = segments(s);
-    if (s.channels_last) {
-      constexpr int kPack = kVectorBytes / sizeof(scalar_t);
-      const int v = reduction_pack<scalar_t>(s, {dy, data});
-      if (!grid_fits(s.n * seg.count, channel_tiles(s, v))) return cudaErrorInvalidConfiguration;
-      const dim3 grid(static_cast<unsigned>(s.n * seg.count),
-                      static_cast<unsigned>(channel_tiles(s, v)));
-      const dim3 block(kTileC, kTileRows);
-      if (v == kPack) {
-        grad_sums_segments_kernel<kPack><<<grid, block, 0, stream>>>(dy, data, s.hw, s.c, seg,
-                                                                     ctr, partial);
-      } else {
-        grad_sums_segments_kernel<1><<<grid, block, 0, stream>>>(dy, data, s.hw, s.c, seg, ctr,
-                                                                 partial);
-      }
-    } else {
-      if (!grid_fits(s.n * s.c, seg.count)) return cudaErrorInvalidConfiguration;
-      const dim3 grid(static_cast<unsigned>(s.n * s.c), static_cast<unsigned>(seg.count));
-      const RowsOutput<acc_t> out{s_dy, s_dy_xc, partial};
-      constexpr int kPack = kVectorBytes / sizeof(scalar_t);
-      if (reduction_pack<scalar_t>(s, {dy, data}) == kPack) {
-        grad_sums_rows_kernel<kPack>
-            <<<grid, rows_block_threads(seg.rows_per_segment / kPack), 0, stream>>>(
-                dy, data, s.hw, s.c, seg, ctr, out);
-      } else {
-        grad_sums_rows_kernel<1>
-            <<<grid, rows_block_threads(seg.rows_per_segment), 0, stream>>>(
-                dy, data, s.hw, s.c, seg, ctr, out);
-      }
-    }
-    if (s.channels_last || seg.count > 1) {
-      add_grad_sum_segments_kernel<<<merge_blocks(s), kThreads, 0, stream>>>(
-          partial, s.n * s.c, s.c, seg, s_dy, s_dy_xc);
-    }
-    return cudaGetLastError();
+    const auto* ctr = static_cast<const acc_type<scalar_t>*>(center);
+    return launch_reduction<scalar_t>(
+        s, {dy, data}, sum_dy, sum_dy_xc, workspace, arrivals,
+        [&](auto pack, const dim3& grid, const dim3& block, const Segments& seg,
+            const auto& out) {
+          constexpr int V = decltype(pack)::value;
+          grad_sums_rows_kernel<V><<<grid, block, 0, stream>>>(dy, data, s.hw, s.c, seg, ctr,
+                                                               out);
+        },
+        [&](auto pack, const dim3& grid, const dim3& block, const Segments& seg,
+            const auto& out) {
+          constexpr int V = decltype(pack)::value;
+          grad_sums_segments_kernel<V><<<grid, block, 0, stream>>>(dy, data, s.hw, s.c, seg,
+                                                                   ctr, out);
+        });
   });
 }
 

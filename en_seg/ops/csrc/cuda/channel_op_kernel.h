@@ -18,30 +18,38 @@ namespace cuda {
 
 enum class DType { kFloat16, kBFloat16, kFloat32, kFloat64 };
 
-// A 4-D activation as the kernels walk it.
+// A 4-D activation as the kernels walk it, on a GPU of `multiprocessors` SMs (which sizes
+// the reductions' splits).
 struct Activation {
   int64_t n, c, hw;    // N, C and H * W (H * W >= 1)
   bool channels_last;  // memory order (N, H, W, C) rather than (N, C, H, W)
+  int multiprocessors;
 };
 
-// Bytes of device scratch the two reductions need for `x` (0 for channels first).
-int64_t reduction_workspace_bytes(const Activation& x, DType dtype);
+// What the two reductions need for `x` besides their outputs: `workspace_bytes` of device
+// scratch for partial results (uninitialized), and `arrivals` unsigned counters, zero
+// when a launch starts and left zero when it ends (arrival.cuh). Both 0 where every
+// (n, c) row is one block's.
+struct ReductionScratch {
+  int64_t workspace_bytes, arrivals;
+};
+ReductionScratch reduction_scratch(const Activation& x, DType dtype);
 
-// mean, var (N, C): per-(n, c) mean and biased variance of x.
+// mean, var (N, C): per-(n, c) mean and biased variance of x. One launch.
 cudaError_t launch_channel_moments(const void* x, DType dtype, const Activation& shape,
                                    void* mean, void* var, void* workspace,
-                                   cudaStream_t stream);
+                                   unsigned* arrivals, cudaStream_t stream);
 
 // y = scale * (x - center) + shift per (n, c).
 cudaError_t launch_channel_affine(const void* x, DType dtype, const Activation& shape,
                                   const void* center, const void* scale, const void* shift,
                                   void* y, cudaStream_t stream);
 
-// sum_dy, sum_dy_xc (N, C): per-(n, c) sums of dy and of dy * (x - center).
+// sum_dy, sum_dy_xc (N, C): per-(n, c) sums of dy and of dy * (x - center). One launch.
 cudaError_t launch_channel_affine_grad_sums(const void* grad_y, const void* x, DType dtype,
                                             const Activation& shape, const void* center,
                                             void* sum_dy, void* sum_dy_xc, void* workspace,
-                                            cudaStream_t stream);
+                                            unsigned* arrivals, cudaStream_t stream);
 
 // grad_x = dy_scale * dy + x_scale * (x - center) + shift per (n, c).
 cudaError_t launch_channel_affine_input_grad(const void* grad_y, const void* x, DType dtype,

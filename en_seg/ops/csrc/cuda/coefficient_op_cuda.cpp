@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "../coefficient_op.h"
+#include "arrival_counters.h"
 #include "coefficient_op_kernel.h"
 #include "ratio_op_kernel.h"
 
@@ -82,7 +83,7 @@ ExemplarGradTensors exemplar_coefficients_backward_cuda(const ExemplarBackwardAr
   const cuda::StatisticsShape shape{args.sizes.n, args.sizes.c, args.pool, args.batch_stats,
                                     0.f};
   C10_CUDA_CHECK(cuda::launch_exemplar_coefficients_backward(
-      shape, args.sizes, inputs, out, scratch.data_ptr<float>(),
+      shape, args.sizes, inputs, out, scratch.data_ptr<float>(), arrival_counters(1),
       c10::cuda::getCurrentCUDAStream()));
   return grads;
 }
@@ -118,7 +119,8 @@ SwitchableGradTensors switchable_coefficients_backward_cuda(
       std::get<2>(grads).data_ptr<float>(), std::get<3>(grads).data_ptr<float>(),
       std::get<4>(grads).data_ptr<float>(), std::get<5>(grads).data_ptr<float>()};
   C10_CUDA_CHECK(cuda::launch_switchable_coefficients_backward(
-      shape, inputs, out, scratch.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+      shape, inputs, out, scratch.data_ptr<float>(), arrival_counters(1),
+      c10::cuda::getCurrentCUDAStream()));
   return grads;
 }
 

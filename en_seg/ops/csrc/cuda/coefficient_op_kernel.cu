@@ -3,17 +3,18 @@
 // statistics of the channels over the samples itself (the same order in every block, so
 // all agree; block 0 also updates the running statistics), the LN statistics over the
 // channels, EN's ratio branch (ratio_block.cuh), and its sample's scale and shift. The
-// backward is two: a block per sample for what merges over the channels, then a thread
-// per channel (and per ratio-branch parameter) for what merges over the samples. Every sum runs
-// in an order fixed by the shape (per-thread loops, then a warp butterfly and the warps in
-// turn), with no atomics, so results are bit-identical from run to run. Float32.
+// backward is one kernel too: a block per sample for what merges over the channels, then
+// the last block to finish (arrival.cuh), its threads a channel (and a ratio-branch
+// parameter) at a time, for what merges over the samples. Every sum runs in an order fixed
+// by the shape (per-thread loops, then a warp butterfly and the warps in turn), with no
+// floating-point atomics, so results are bit-identical from run to run. Float32.
 //
-// EN forward: exemplar_forward; backward: exemplar_sample_backward (dL/dλ, the ratio
-// branch, the moments' gradients), exemplar_channel_backward (γ, β, BN's part, the ratio
-// branch's parameters). SN forward: switchable_sample; backward: switchable_sample_grad,
-// switchable_channel_backward.
+// EN forward: exemplar_forward; backward: exemplar_backward (per sample: dL/dλ, the ratio
+// branch, the moments' gradients; then γ, β, BN's part, the ratio branch's parameters).
+// SN forward: switchable_sample; backward: switchable_backward.
 #include <cuda_runtime.h>
 
+#include "arrival.cuh"
 #include "coefficient_op_kernel.h"
 #include "ratio_block.cuh"
 #include "ratio_op_kernel.h"
@@ -27,10 +28,6 @@ using coef::Stat;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-
-unsigned blocks_for(int64_t work) {
-  return static_cast<unsigned>((work + kThreads - 1) / kThreads);
-}
 
 // Shared memory for one block_sum of n values: every warp's partial sums.
 template <int n>
@@ -430,13 +427,15 @@ __device__ void ratio_backward_parts(const ratio::Sizes& s, const ExemplarBackwa
            out.fc1_w,      out.fc1_b,     out.fc2_w,     out.fc2_b};
 }
 
-// Block per sample: EN's backward of everything that merges over the channels, in one
-// launch: dL/dλ, the ratio branch's backward (ratio_block.cuh; its parameters' gradients as
-// a row of per-sample partials), and the gradients of the sample's moments but BN's part.
+// EN's backward in one launch. A block per sample for everything that merges over the
+// channels: dL/dλ, the ratio branch's backward (ratio_block.cuh; its parameters'
+// gradients as a row of per-sample partials), and the gradients of the sample's moments
+// but BN's part. Then the last block to finish, for everything that merges over the
+// samples: gγ, gβ, BN's part of the moments' gradients, and the sums of the parameters'
+// per-sample gradients, a thread per channel and per parameter.
 __global__ void __launch_bounds__(kThreads)
-    exemplar_sample_backward_kernel(StatisticsShape st, ratio::Sizes s,
-                                    ExemplarBackwardInputs in, ExemplarScratch scratch,
-                                    ExemplarGrads out) {
+    exemplar_backward_kernel(StatisticsShape st, ratio::Sizes s, ExemplarBackwardInputs in,
+                             ExemplarScratch scratch, ExemplarGrads out, unsigned* arrivals) {
   extern __shared__ float shared[];
   const int64_t i = blockIdx.x;
   exemplar_ratio_grad(s, in, i, scratch.grad_lambda);
@@ -447,21 +446,12 @@ __global__ void __launch_bounds__(kThreads)
   ratio_block::ratio_backward_block(s, inputs, i, grads, scratch.ratio_workspace, shared);
   __syncthreads();  // the ratio branch's gradients of the sample's pooled input, μ and ρ
   exemplar_sample_grad(st, s, in, scratch, out, i);
-}
-
-// Thread per channel and per ratio-branch parameter: EN's backward of everything that
-// merges over the samples, in one launch: gγ, gβ, BN's part of the moments' gradients,
-// and the sums of the parameters' per-sample gradients.
-__global__ void __launch_bounds__(kThreads)
-    exemplar_channel_backward_kernel(StatisticsShape st, ratio::Sizes s,
-                                     ExemplarBackwardInputs in, ExemplarScratch scratch,
-                                     ExemplarGrads out) {
-  const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (t < s.c) exemplar_channel_grad(st, s, in, scratch, out, t);
-  ratio::BackwardInputs<float> inputs;
-  ratio::Grads<float> grads;
-  ratio_backward_parts(s, in, scratch, out, inputs, grads);
-  ratio_block::reduce_param_grad(s, scratch.ratio_workspace, grads, t);
+  if (!last_to_arrive(arrivals, gridDim.x)) return;
+  const int64_t params = ratio_block::ParamLayout(s).total;
+  for (int64_t t = threadIdx.x; t < s.c || t < params; t += kThreads) {
+    if (t < s.c) exemplar_channel_grad(st, s, in, scratch, out, t);
+    ratio_block::reduce_param_grad(s, scratch.ratio_workspace, grads, t);
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -483,15 +473,15 @@ struct SwitchableScratch {
   static int64_t floats(const StatisticsShape& s) { return s.n * (3 * s.c + 2 * s.pool.k); }
 };
 
-// Block per sample: the gradients of mean and var but BN's part, BN's gμ, gσ², the (n, c)
-// terms of gγ and the sample's sums for the importance weights.
-__global__ void __launch_bounds__(kThreads)
-    switchable_sample_grad_kernel(StatisticsShape s, SwitchableBackwardInputs in,
-                                  SwitchableScratch scratch, SwitchableGrads out) {
+// Sample i, the whole block: the gradients of mean and var but BN's part, BN's gμ, gσ², the
+// (n, c) terms of gγ and the sample's sums for the importance weights.
+__device__ void switchable_sample_grad(const StatisticsShape& s,
+                                       const SwitchableBackwardInputs& in,
+                                       const SwitchableScratch& scratch,
+                                       const SwitchableGrads& out, int64_t i) {
   // The block's sums: Σ_c of LN's gμ and gσ², then of gμ̄ μ_k and of gσ̄² σ²_k per k.
   constexpr int kSums = 2 + 2 * coef::kMaxPool;
   __shared__ WarpSums<kSums> warps;
-  const int64_t i = blockIdx.x;
   const Pool& pool = s.pool;
   const coef::SwitchableSavedLayout layout(s.n, s.c, pool.k);
   const float* saved = in.saved;
@@ -577,15 +567,19 @@ __device__ void switchable_weights_grad(const StatisticsShape& s, const float* s
   coef::softmax_backward(k, saved + layout.w_var, grad_w_var, out.var_weight);
 }
 
-// Thread per channel: SN's backward of everything that merges over the samples, in one
-// launch: gγ, gβ, BN's part of the moments' gradients, and (thread 0) the importance
-// weights' gradients.
+// SN's backward in one launch: a block per sample (switchable_sample_grad), then the last
+// block to finish, a thread per channel (and thread 0 the importance weights), for what
+// merges over the samples: gγ, gβ, BN's part of the moments' gradients.
 __global__ void __launch_bounds__(kThreads)
-    switchable_channel_backward_kernel(StatisticsShape s, SwitchableBackwardInputs in,
-                                       SwitchableScratch scratch, SwitchableGrads out) {
-  const int64_t ch = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  if (ch == 0) switchable_weights_grad(s, in.saved, scratch, out);
-  if (ch < s.c) switchable_channel_grad(s, in, scratch, out, ch);
+    switchable_backward_kernel(StatisticsShape s, SwitchableBackwardInputs in,
+                               SwitchableScratch scratch, SwitchableGrads out,
+                               unsigned* arrivals) {
+  switchable_sample_grad(s, in, scratch, out, blockIdx.x);
+  if (!last_to_arrive(arrivals, gridDim.x)) return;
+  if (threadIdx.x == 0) switchable_weights_grad(s, in.saved, scratch, out);
+  for (int64_t ch = threadIdx.x; ch < s.c; ch += kThreads) {
+    switchable_channel_grad(s, in, scratch, out, ch);
+  }
 }
 
 }  // namespace
@@ -612,17 +606,12 @@ cudaError_t launch_exemplar_coefficients_backward(const StatisticsShape& shape,
                                                   const ratio::Sizes& sizes,
                                                   const ExemplarBackwardInputs& in,
                                                   const ExemplarGrads& out, float* workspace,
-                                                  cudaStream_t stream) {
+                                                  unsigned* arrivals, cudaStream_t stream) {
   if (sizes.n == 0) return cudaSuccess;
   const ExemplarScratch scratch(workspace, sizes);
-  exemplar_sample_backward_kernel<<<static_cast<unsigned>(sizes.n), kThreads,
-                                    ratio_block::BackwardScratch::bytes(sizes), stream>>>(
-      shape, sizes, in, scratch, out);
-  const int64_t threads = sizes.c > ratio_block::ParamLayout(sizes).total
-                              ? sizes.c
-                              : ratio_block::ParamLayout(sizes).total;
-  exemplar_channel_backward_kernel<<<blocks_for(threads), kThreads, 0, stream>>>(
-      shape, sizes, in, scratch, out);
+  exemplar_backward_kernel<<<static_cast<unsigned>(sizes.n), kThreads,
+                             ratio_block::BackwardScratch::bytes(sizes), stream>>>(
+      shape, sizes, in, scratch, out, arrivals);
   return cudaGetLastError();
 }
 
@@ -643,12 +632,12 @@ int64_t switchable_backward_workspace(const StatisticsShape& shape) {
 cudaError_t launch_switchable_coefficients_backward(const StatisticsShape& shape,
                                                     const SwitchableBackwardInputs& in,
                                                     const SwitchableGrads& out,
-                                                    float* workspace, cudaStream_t stream) {
+                                                    float* workspace, unsigned* arrivals,
+                                                    cudaStream_t stream) {
+  if (shape.n == 0) return cudaSuccess;
   const SwitchableScratch scratch(workspace, shape);
-  switchable_sample_grad_kernel<<<static_cast<unsigned>(shape.n), kThreads, 0, stream>>>(
-      shape, in, scratch, out);
-  switchable_channel_backward_kernel<<<blocks_for(shape.c), kThreads, 0, stream>>>(
-      shape, in, scratch, out);
+  switchable_backward_kernel<<<static_cast<unsigned>(shape.n), kThreads, 0, stream>>>(
+      shape, in, scratch, out, arrivals);
   return cudaGetLastError();
 }
 

@@ -57,12 +57,13 @@ struct ExemplarGrads {
 
 int64_t exemplar_backward_workspace(const ratio::Sizes& sizes);
 
-// shape.eps is not read.
+// One launch; `arrivals` is one counter, zero, left zero (arrival.cuh). shape.eps is not
+// read.
 cudaError_t launch_exemplar_coefficients_backward(const StatisticsShape& shape,
                                                   const ratio::Sizes& sizes,
                                                   const ExemplarBackwardInputs& in,
                                                   const ExemplarGrads& out, float* workspace,
-                                                  cudaStream_t stream);
+                                                  unsigned* arrivals, cudaStream_t stream);
 
 struct SwitchableInputs {
   const float *mean, *var, *weight, *bias, *mean_weight, *var_weight;
@@ -84,10 +85,12 @@ struct SwitchableGrads {
 
 int64_t switchable_backward_workspace(const StatisticsShape& shape);
 
+// One launch; `arrivals` as for launch_exemplar_coefficients_backward.
 cudaError_t launch_switchable_coefficients_backward(const StatisticsShape& shape,
                                                     const SwitchableBackwardInputs& in,
                                                     const SwitchableGrads& out,
-                                                    float* workspace, cudaStream_t stream);
+                                                    float* workspace, unsigned* arrivals,
+                                                    cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace en_seg

@@ -36,8 +36,9 @@ extern const Builtins* current;
 // cudaGetLastError finds them.
 void run_kernel(const Config& config, void (*body)(void*), void* context);
 
-// __syncthreads and __syncwarp, for the running thread.
+// __syncthreads, __syncthreads_or and __syncwarp, for the running thread.
 void sync_block(std::source_location where);
+bool sync_block_or(bool predicate, std::source_location where);
 void sync_warp(unsigned mask, std::source_location where);
 
 enum class Shuffle { kIndex, kUp, kDown, kXor };
