@@ -110,3 +110,23 @@ def test_flops_count_every_exemplar_norm_layer():
                 + k * c + hidden * k * k + k * hidden + 2 * k * c)  # coefficients
     with_en = gflops(nn.Sequential(conv, layer), size, 'cpu')
     assert with_en * 1e9 == pytest.approx(gflops(conv, size, 'cpu') * 1e9 + expected)
+
+
+def test_roofline_table_sets_each_step_against_the_model_and_the_peak():
+    sys.path.insert(0, str(REPO / 'tools'))
+    try:
+        from benchmarking import roofline
+    finally:
+        sys.path.remove(str(REPO / 'tools'))
+    assert roofline.peak_bandwidth('NVIDIA H100 80GB HBM3') == 3.35e12
+    assert roofline.peak_bandwidth('NVIDIA H100 PCIe') == 2.0e12
+    assert roofline.peak_bandwidth('NVIDIA H200') == 4.8e12
+    assert roofline.peak_bandwidth('Some GPU') is None
+    moved = 8 * 2 * 256 * 128 * 128 * 4  # 268 MB: docs/cuda_sass.md's 89 µs + 6 µs at 3 TB/s
+    case = roofline.RooflineCase((2, 256, 128, 128), 'float32', 'nchw', moved,
+                                 {'EN': 110e-6, 'BN': 100e-6})
+    row = roofline.markdown([case], 3.0e12, 'NVIDIA H100 80GB HBM3', 'header').splitlines()[-1]
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert cells[3:] == ['268.4', '110.0', '95.5', '1.15', '73%', '100.0', '1.10'], row
+    row = roofline.markdown([case], 3.0e12, 'Some GPU', 'header').splitlines()[-1]
+    assert row.split('|')[8].strip() == '-'

@@ -39,6 +39,12 @@ installed, else torchvision's; then ``layer`` and ``model`` import no OpenMMLab)
         --dtypes float32 bfloat16 --memory-formats nchw channels_last
     python tools/benchmark.py model --device cuda --batch 2 --size 512
 
+``roofline`` (a GPU only): EN's and cuDNN BatchNorm's layer step at docs/cuda_sass.md's
+shapes, in both layouts, against that page's roofline model and the GPU's peak memory
+bandwidth::
+
+    python tools/benchmark.py roofline
+
 Times are the lowest, over ``--repeats`` measuring rounds that time every implementation
 in turn, of medians of ``torch.utils.benchmark.Timer.blocked_autorange`` (which
 synchronizes CUDA), since other processes on a shared machine only add time. On a busy
@@ -55,7 +61,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from benchmarking import (doc_section, instructions, layers, machine, model, passes,
-                          process, ratio, report)
+                          process, ratio, report, roofline)
 from benchmarking.timing import CLOCKS, Timing
 from en_seg.ops import available
 
@@ -124,6 +130,14 @@ def run_model(args: argparse.Namespace) -> str:
         section = f'model-{args.device}' + ('' if source == 'mmseg' else '-torchvision')
         doc_section.write_section(args.doc, section, text)
     return text
+
+
+def run_roofline(args: argparse.Namespace) -> str:
+    require_ops('cuda')
+    process.steady('cuda')
+    bandwidth = roofline.copy_bandwidth(timing(args))
+    cases = roofline.measure(timing(args), args.memory_formats)
+    return roofline.markdown(cases, bandwidth, torch.cuda.get_device_name(), header(args))
 
 
 def run_instructions(args: argparse.Namespace) -> str:
@@ -216,6 +230,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 '(default: auto, mmseg where it is installed)')
     segmentor.set_defaults(run=run_model)
 
+    bandwidth = commands.add_parser(
+        'roofline', help="EN vs cuDNN BN against docs/cuda_sass.md's roofline model (GPU)")
+    bandwidth.add_argument('--memory-formats', nargs='+', choices=tuple(layers.MEMORY_FORMATS),
+                           default=list(layers.MEMORY_FORMATS),
+                           help='input layouts (default: nchw channels_last)')
+    bandwidth.add_argument('--min-run-time', type=float, default=0.2,
+                           help='seconds of timing per measurement (default: 0.2)')
+    bandwidth.add_argument('--repeats', type=int, default=2,
+                           help='measuring rounds; the lowest median is kept (default: 2)')
+    bandwidth.add_argument('--out', help='also write the table to this Markdown file')
+    bandwidth.set_defaults(run=run_roofline, device='cuda', clock='wall')
+
     for command in (layer, split, counts, segmentor):
         command.add_argument('--doc', type=Path,
                              help='also put the table into this Markdown file, replacing '
@@ -250,6 +276,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         measures_gn = 'GN(32)' in args.variants
     if measures_gn and any(shape[1] % 32 for shape in _shape_list(args)):
         parser.error('GN(32) needs every shape\'s C divisible by 32')
+    if args.command == 'roofline':
+        return
     if args.command == 'instructions':
         if args.steps < 1:
             parser.error('--steps must be at least 1')

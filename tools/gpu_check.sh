@@ -17,7 +17,8 @@
 #      with EN's reference under torch.compile (the standard shapes, float32, NCHW),
 #      passes (EN's passes over X against GroupNorm's CUDA kernels, the same shapes), and
 #      model (DeepLabV3 ResNet-50 output stride 8, EN vs BN vs GN(32), one training
-#      iteration at batch 2, 512x512).
+#      iteration at batch 2, 512x512), and roofline (EN vs cuDNN BN at docs/cuda_sass.md's
+#      shapes, measured against that page's roofline model and the peak bandwidth).
 # A stage's output goes to $LOGS/<stage>.log (default build/gpu-check). The report goes to
 # REPORT.md, default docs/gpu_check_<gpu>.md. Exits 1 if any stage failed; after a failed
 # build the later stages are skipped. About 5 minutes on one H100 / H200, plus the
@@ -179,6 +180,7 @@ if ((build_failed)); then
   skip benchmark-compile 'build failed'
   skip benchmark-passes 'build failed'
   skip benchmark-model 'build failed'
+  skip benchmark-roofline 'build failed'
 else
   stage benchmark-layer "$python" tools/benchmark.py layer --device "$device" \
     --variants BN 'GN(32)' EN --dtypes float32 bfloat16 --memory-formats nchw channels_last \
@@ -190,6 +192,11 @@ else
     "${compile_args[@]}" --out "$logs/passes.md"
   stage benchmark-model "$python" tools/benchmark.py model --device "$device" \
     "${model_args[@]}" --out "$logs/model.md"
+  if ((dry_run)); then
+    skip benchmark-roofline 'dry run (a GPU only)'
+  else
+    stage benchmark-roofline "$python" tools/benchmark.py roofline --out "$logs/roofline.md"
+  fi
 fi
 
 # --- report ----------------------------------------------------------------------------
@@ -226,6 +233,7 @@ mkdir -p "$(dirname "$report")"
   section 'Layer benchmark, EN reference under torch.compile' "$logs/layer_compiled.md"
   section 'Where the layer time goes: passes over X against GroupNorm' "$logs/passes.md"
   section 'Model benchmark' "$logs/model.md"
+  section 'Against the roofline model' "$logs/roofline.md"
 } >"$report"
 echo "report: $report"
 exit "$failed"

@@ -2,7 +2,6 @@
 // channel_affine_input_grad and channel_norm_input_grad: argument checks, allocation on the
 // caching allocator and launch on the current stream. The kernels are in
 // channel_op_kernel.cu.
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -33,8 +32,10 @@ cuda::DType kernel_dtype(at::ScalarType dtype) {
 
 // On the current device (the callers' guard).
 cuda::Activation kernel_shape(const Activation& x) {
-  return {x.n, x.c, x.hw, x.channels_last,
-          at::cuda::getCurrentDeviceProperties()->multiProcessorCount};
+  int multiprocessors = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  return {x.n, x.c, x.hw, x.channels_last, multiprocessors};
 }
 
 // What a reduction needs besides its outputs (cuda::ReductionScratch): device scratch for

@@ -109,8 +109,32 @@ struct alignas(sizeof(T) * V) Pack {
   T v[V];
 };
 
+// Every activation a kernel loads is an input it does not write: loaded through the
+// read-only (non-coherent) path, LDG.E.*.CONSTANT, as nvcc does for a `const __restrict__`
+// kernel parameter. The elementwise kernels take their pointers in an Op struct, whose
+// members' __restrict__ nvcc ignores; so the load says it.
 template <int V, typename T>
 __device__ __forceinline__ Pack<T, V> load(const T* p) {
+#if defined(__CUDA_ARCH__) && !defined(EN_SEG_CUDA_EMULATION)
+  Pack<T, V> value;
+  if constexpr (sizeof(value) == 16) {
+    const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
+    memcpy(&value, &w, sizeof w);
+    return value;
+  } else if constexpr (sizeof(value) == 8) {
+    const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
+    memcpy(&value, &w, sizeof w);
+    return value;
+  } else if constexpr (sizeof(value) == 4) {
+    const unsigned w = __ldg(reinterpret_cast<const unsigned*>(p));
+    memcpy(&value, &w, sizeof w);
+    return value;
+  } else if constexpr (sizeof(value) == 2) {
+    const unsigned short w = __ldg(reinterpret_cast<const unsigned short*>(p));
+    memcpy(&value, &w, sizeof w);
+    return value;
+  }
+#endif
   return *reinterpret_cast<const Pack<T, V>*>(p);
 }
 
@@ -399,7 +423,6 @@ __device__ void finish_segment(const State (&s)[V], const State& identity,
   State total[V];
   for (int j = 0; j < V; ++j) total[j] = identity;
   if (ch < c) {
-#pragma unroll 4
     for (int64_t k = threadIdx.y; k < seg.count; k += kTileRows) {
       const acc_t* pair = partial + k * 2 * c + ch;
       for (int j = 0; j < V; ++j) {
