@@ -103,17 +103,32 @@ def test_torch_compile_forward_and_backward(cls, kwargs, backend):
 
 
 @pytest.mark.parametrize('cls, kwargs', LAYERS, ids=LAYER_IDS)
-def test_cuda_graph_replays_forward_and_backward(cls, kwargs):
+def test_torch_compile_reduce_overhead_replays_cuda_graphs(cls, kwargs):
+    # inductor's CUDA graph trees check the memory pool of each capture.
+    layer = cuda_layer(cls, kwargs)
+    compiled = torch.compile(copy.deepcopy(layer), mode='reduce-overhead', fullgraph=True)
+    for step in range(4):
+        x = activation((2, 16, 7, 5), channels_last=True, seed=step).requires_grad_()
+        grad = activation((2, 16, 7, 5), seed=10 + step)
+        assert_all_close(forward_backward(compiled, x, grad),
+                         forward_backward(layer, x, grad), tol=1e-4)
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('cls, kwargs', LAYERS, ids=LAYER_IDS)
+def test_cuda_graph_replays_forward_and_backward(cls, kwargs, channels_last):
     # make_graphed_callables captures the forward and the backward (after warm-up passes
-    # that update the running statistics); each replay must match an eager twin on new data.
+    # that update the running statistics) on a stream of its own, whose arrival counters
+    # (csrc/cuda/arrival_counters.h) are made during the capture; each replay must match an
+    # eager twin on new data. channels_last reductions count arrivals too.
     layer = cuda_layer(cls, kwargs)
     eager = copy.deepcopy(layer)
     shape = (2, 16, 7, 5)
     graphed = torch.cuda.make_graphed_callables(
-        layer, (activation(shape).requires_grad_(),))
+        layer, (activation(shape, channels_last=channels_last).requires_grad_(),))
     eager.load_state_dict(layer.state_dict())
     for step in range(3):
-        x = activation(shape, seed=10 + step).requires_grad_()
+        x = activation(shape, channels_last=channels_last, seed=10 + step).requires_grad_()
         grad = activation(shape, seed=20 + step)
         assert_all_close(forward_backward(graphed, x, grad),
                          forward_backward(eager, x, grad), tol=1e-5)

@@ -14,9 +14,11 @@ Needs g++ (C++20); without it the module is skipped.
 The tests fail for a kernel with a barrier or a shuffle offset wrong. CUDA_EMULATION_SRC
 builds the kernels from a copy of en_seg/ops/csrc/cuda (in a copy of csrc, whose
 ratio_math.h they include). From the repository root, deleting each ``__syncthreads();``
-of the kernel files in turn must make every run fail (none prints NOT CAUGHT)::
+of the kernel files in turn must make every run fail (none prints NOT CAUGHT but
+arrival.cuh's 1: it keeps a block's writes before its arrival for the other blocks, which
+the emulation runs after it, never beside it)::
 
-    for f in channel_op_kernel.cu ratio_block.cuh coefficient_op_kernel.cu; do
+    for f in channel_op_kernel.cu ratio_block.cuh coefficient_op_kernel.cu arrival.cuh; do
       src=en_seg/ops/csrc/cuda/$f copy=/tmp/csrc/cuda/$f
       for n in $(seq $(grep -c '__syncthreads();' $src)); do
         rm -rf /tmp/csrc && cp -r en_seg/ops/csrc /tmp/csrc
@@ -26,13 +28,16 @@ of the kernel files in turn must make every run fail (none prints NOT CAUGHT)::
       done
     done
 
-and so must each shift of a shuffle offset, e.g. (one at a time, on a fresh copy)::
+and so must each shift of a shuffle offset, and the last block's broadcast and reset,
+e.g. (one at a time, on a fresh copy)::
 
     sed -i 's|offset = kWarp / 2;|offset = kWarp / 4;|' /tmp/csrc/cuda/channel_op_kernel.cu
     sed -i 's|m.mean, offset)|m.mean, offset + 1)|' /tmp/csrc/cuda/channel_op_kernel.cu
     sed -i 's|s.dy_xc, offset)|s.dy_xc, offset - 1)|' /tmp/csrc/cuda/channel_op_kernel.cu
     sed -i 's|sum, offset)|sum, offset / 2)|' /tmp/csrc/cuda/ratio_op_kernel.cu
     sed -i 's|v\\[j\\], offset)|v[j], offset / 2)|' /tmp/csrc/cuda/coefficient_op_kernel.cu
+    sed -i 's|return __syncthreads_or(last);|return last;|' /tmp/csrc/cuda/arrival.cuh
+    sed -i 's|\*counter = 0u;||' /tmp/csrc/cuda/arrival.cuh
 
 followed by the pytest line above.
 """
