@@ -22,7 +22,7 @@ $(STAMP): setup.py pyproject.toml Makefile
 	# installed torch (pip caches the built wheel, so a rebuild takes seconds).
 	$(PIP) install 'setuptools<82' wheel ninja numpy opencv-python-headless mmengine==0.10.7
 	MMCV_WITH_OPS=1 $(PIP) install --no-build-isolation mmcv==2.1.0
-	$(PIP) install mmsegmentation==1.2.2 ftfy regex pytest
+	$(PIP) install mmsegmentation==1.2.2 ftfy regex pytest hypothesis
 	# With the onnx extra, whose tests run in `make test`; the pretrain extra's run in
 	# `make test-pretrain`.
 	$(PIP) install --no-build-isolation -e '.[onnx]'

@@ -141,7 +141,7 @@ setup(
     packages=find_packages(include=['en_seg', 'en_seg.*']),
     python_requires='>=3.9',
     install_requires=['torch>=2.6', 'mmengine==0.10.7', 'mmcv==2.1.0',
-                      'mmsegmentation==1.2.2', 'matplotlib', 'scikit-learn'],
+                      'mmsegmentation==1.2.2', 'matplotlib', 'scikit-learn', 'safetensors'],
     # Optional: ImageNet pre-training of the backbones with mmpretrain
     # (configs/exemplar_norm/resnet50-v1c_*_in1k.py), and ONNX export with an onnxruntime
     # check (tools/export_onnx.py; onnxscript is what torch's dynamo exporter needs).

@@ -1,4 +1,4 @@
-"""Weights-only loading of mmengine checkpoints: loading a file never runs its code.
+"""The names a checkpoint may use beyond torch's weights-only set, each mapped to a guard.
 
 Beside tensors, mmengine's Runner pickles its ``message_hub`` into every checkpoint:
 ``HistoryBuffer`` objects holding numpy arrays, whose state names the buffer's statistics
@@ -35,49 +35,46 @@ name in the file                                what the stand-in accepts
 
 So a file can reach no callable beyond torch's own weights-only set, these stand-ins and
 HistoryBuffer's statistics methods, and it can create no numpy object array. The
-allow-list is registered process-wide by ``import en_seg`` (configs import it through
-``custom_imports``), so mmseg's ``init_model``, ``MMSegInferencer`` and its packaged tools
-load our checkpoints with weights-only loading on.
-
-``import en_seg`` also registers :func:`load_from_local` as mmengine's loader for local
-paths (``CheckpointLoader`` scheme ``''``): it loads with ``weights_only=True`` whatever
-the torch version or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` say, and turns an unreadable or
-refused file into one :class:`CheckpointError` that names the file and the reason.
+allow-list is registered process-wide by ``import en_seg`` (:func:`register`), so mmseg's
+``init_model``, ``MMSegInferencer`` and its packaged tools load our checkpoints with
+weights-only loading on. What the stand-ins cannot see (the state a BUILD sets on a dtype,
+sizes, nesting) the scan before the load checks (:mod:`.scan`), and what comes back is
+checked after it (:mod:`.plain_data`).
 """
-import os.path as osp
 import pickle
-import zipfile
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.runner import CheckpointLoader
+
+from .errors import shown
 
 try:  # numpy >= 2 moved its pickling helpers to numpy._core
     from numpy._core.multiarray import _reconstruct, scalar
 except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct, scalar
 
+#: The name a checkpoint gives mmengine's HistoryBuffer.
+HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
 #: The attributes ``HistoryBuffer.__getstate__`` writes.
-_HISTORY_BUFFER_STATE = frozenset(
+HISTORY_BUFFER_STATE = frozenset(
     {'max_length', '_log_history', '_count_history', 'statistics_methods'})
 #: numpy's dtype kinds of bool, signed and unsigned integers, floats and complex numbers.
-_NUMERIC_KINDS = frozenset('biufc')
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, or that holds something refused.
-
-    The message names the file and the reason; nothing in the file has been executed.
-    """
+NUMERIC_KINDS = frozenset('biufc')
 
 
 def _refuse(reason: str) -> pickle.UnpicklingError:
     return pickle.UnpicklingError(reason)
 
 
-def _statistics_methods() -> Dict[str, Callable]:
+def _kind(obj: Any) -> str:
+    """What a refusal says of an object from the file: its type's name, never its repr
+    (which may be huge, or recurse without end)."""
+    return shown(type(obj).__qualname__)
+
+
+def statistics_methods() -> Dict[str, Callable]:
     """HistoryBuffer's statistics methods by name: the four it sets up when its first
     instance is made, and those registered with ``HistoryBuffer.register_statistics``."""
     methods = {name: getattr(HistoryBuffer, name) for name in ('min', 'max', 'current', 'mean')}
@@ -87,20 +84,22 @@ def _statistics_methods() -> Dict[str, Callable]:
 
 def _history_buffer_method(owner: Any, name: Any) -> Callable:
     """Stands in for ``builtins.getattr``: only ``getattr(HistoryBuffer, statistic)``."""
-    methods = _statistics_methods()
+    methods = statistics_methods()
     if (owner is not HistoryBuffer and owner is not _CheckedHistoryBuffer
             or type(name) is not str or name not in methods):
-        shown = 'HistoryBuffer' if owner is _CheckedHistoryBuffer else repr(owner)
-        raise _refuse(f'getattr({shown}, {name!r}): only the statistics methods of '
+        target = 'HistoryBuffer' if owner is _CheckedHistoryBuffer else f'a {_kind(owner)}'
+        attribute = shown(name) if type(name) is str else f'a {_kind(name)}'
+        raise _refuse(f'getattr({target}, {attribute}): only the statistics methods of '
                       f'HistoryBuffer ({", ".join(sorted(methods))}) may be read')
     return methods[name]
 
 
 def _check_numeric_dtype(dtype: Any, what: str) -> None:
-    if not (isinstance(dtype, np.dtype) and dtype.kind in _NUMERIC_KINDS
+    if not (isinstance(dtype, np.dtype) and dtype.kind in NUMERIC_KINDS
             and dtype.fields is None and dtype.subdtype is None):
-        raise _refuse(f'{what} of dtype {dtype}: only bool, integer, float and complex '
-                      'numpy data may be loaded')
+        kind = f'kind {shown(dtype.kind)}' if isinstance(dtype, np.dtype) else _kind(dtype)
+        raise _refuse(f'{what} of a dtype of {kind}, or with fields or a subarray: only '
+                      'bool, integer, float and complex numpy data may be loaded')
 
 
 def _numeric_dtype(*args: Any) -> np.dtype:
@@ -135,7 +134,7 @@ def _reconstruct_array(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
     """Stands in for numpy's ``multiarray._reconstruct``: a plain ndarray, whose state
     (and its dtype, made by :func:`_numeric_dtype`) the unpickler then sets."""
     if subtype is not _NDARRAY:
-        raise _refuse(f'an array of type {subtype!r}: only numpy.ndarray may be loaded')
+        raise _refuse(f'an array of type {_kind(subtype)}: only numpy.ndarray may be loaded')
     return _reconstruct(np.ndarray, shape, typecode)
 
 
@@ -154,17 +153,17 @@ class _CheckedHistoryBuffer(HistoryBuffer):
                       'from its pickled state')
 
     def __setstate__(self, state: Any) -> None:
-        if not isinstance(state, dict) or not set(state) <= _HISTORY_BUFFER_STATE:
+        if not isinstance(state, dict) or not set(state) <= HISTORY_BUFFER_STATE:
             raise _refuse('a HistoryBuffer state other than the one mmengine writes '
-                          f'({", ".join(sorted(_HISTORY_BUFFER_STATE))})')
+                          f'({", ".join(sorted(HISTORY_BUFFER_STATE))})')
         for key in ('_log_history', '_count_history'):
             if key in state:
                 if type(state[key]) is not np.ndarray:
-                    raise _refuse(f'HistoryBuffer.{key} of type {type(state[key])!r}')
+                    raise _refuse(f'HistoryBuffer.{key} of type {_kind(state[key])}')
                 _check_numeric_dtype(state[key].dtype, f'HistoryBuffer.{key}')
         if type(state.get('max_length', 0)) is not int:
             raise _refuse('HistoryBuffer.max_length that is not an int')
-        methods = _statistics_methods()
+        methods = statistics_methods()
         pickled = state.get('statistics_methods', {})
         if type(pickled) is not dict or any(
                 type(name) is not str or methods.get(name) is not method
@@ -182,7 +181,7 @@ def _build_only(cls: type) -> tuple:
 
 def _safe_globals() -> list:
     pairs = [(_history_buffer_method, 'builtins.getattr'),
-             (_CheckedHistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
+             (_CheckedHistoryBuffer, HISTORY_BUFFER),
              (_numeric_dtype, 'numpy.dtype'),
              (_NDARRAY, 'numpy.ndarray'),
              _build_only(np.ndarray)]
@@ -190,80 +189,11 @@ def _safe_globals() -> list:
         pairs += [(_reconstruct_array, f'{module}._reconstruct'),
                   (_numeric_scalar, f'{module}.scalar')]
     numeric_dtypes = {type(np.dtype(code)) for code in np.typecodes['All']
-                      if np.dtype(code).kind in _NUMERIC_KINDS}
+                      if np.dtype(code).kind in NUMERIC_KINDS}
     pairs += [_build_only(cls) for cls in sorted(numeric_dtypes, key=str)]
     return pairs
 
 
-def _refusal(error: pickle.UnpicklingError) -> str:
-    """The unpickler's own words, without torch's advice to load with weights_only=False
-    or to allow-list what was refused."""
-    if error.__context__ is not None:  # torch re-raises the unpickler's error `from None`
-        error = error.__context__
-    message = str(error).split(' Please use `torch.serialization.add_safe_globals')[0]
-    return message.strip().rstrip('.')
-
-
-def _read_error(filename: str) -> Optional[str]:
-    """Why the file cannot be a checkpoint, judged from its first bytes; None if it may be.
-
-    torch.save writes a zip archive; torch < 1.6 wrote a bare pickle (protocol 2).
-    """
-    with open(filename, 'rb') as file:
-        head = file.read(4)
-    if not head:
-        return 'the file is empty'
-    if head == b'PK\x03\x04':
-        return None if zipfile.is_zipfile(filename) else (
-            'the zip archive is truncated or corrupted (no central directory)')
-    if head[:1] == b'\x80':
-        return None
-    return 'it is not a file written by torch.save (neither a zip archive nor a pickle)'
-
-
-def load_from_local(filename: str,
-                    map_location: Optional[Union[str, torch.device, Callable]] = None) -> Any:
-    """Load a local checkpoint with ``torch.load(weights_only=True)``.
-
-    Registered as mmengine's ``CheckpointLoader`` scheme for local paths, so the Runner
-    (``load_from``, ``resume``), ``mmengine.runner.load_checkpoint`` and everything built
-    on them use it.
-
-    Args:
-        filename: path of the file; ``~`` is expanded.
-        map_location: as ``torch.load``. Default: None (where the tensors were saved).
-
-    Returns:
-        What the file holds: for mmengine's checkpoints a dict with ``meta``,
-        ``state_dict`` and, after training, ``message_hub``, ``optimizer`` and
-        ``param_schedulers``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: the file is empty, truncated or corrupted, is not a PyTorch
-            checkpoint, or holds an object that weights-only loading refuses.
-    """
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint {filename} does not exist')
-    problem = _read_error(filename)
-    if problem is None:
-        try:
-            return torch.load(filename, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise CheckpointError(
-                f'checkpoint {filename} was refused, and nothing in it was run: '
-                f'{_refusal(error)}. Weights-only loading accepts tensors, containers and '
-                "what mmengine's Runner saves (see en_seg.checkpoint)") from None
-        except (OSError, MemoryError):
-            raise
-        except Exception as error:  # torch's zip reader: RuntimeError, EOFError, ...
-            problem = (f'{type(error).__name__}: {str(error).split(". ")[0]}. It is '
-                       'truncated or corrupted, or was not written by torch.save')
-    raise CheckpointError(f'checkpoint {filename} cannot be read: {problem}')
-
-
 def register() -> None:
-    """Register the allow-list and :func:`load_from_local`; ``import en_seg`` calls it."""
+    """Add the stand-ins to torch's weights-only allow-list, process-wide."""
     torch.serialization.add_safe_globals(_safe_globals())
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
