@@ -135,6 +135,17 @@ def test_batchnorm_state_dict_loads_strictly():
     assert torch.equal(layer.ratio_fc1.weight, init_branch)
 
 
+@pytest.mark.parametrize('cls', [ExemplarNorm2d, SwitchableNorm2d])
+def test_batchnorm_entries_of_another_width_are_not_converted_but_reported(cls):
+    # A crafted 1-D weight of 2³¹ elements (stride 0 over one stored value, so the file is
+    # tiny) was repeated into 24 GiB by the conversion before any shape check.
+    huge = torch.ones(1).expand(2 ** 31)
+    with pytest.raises(RuntimeError, match='size mismatch for weight'):
+        cls(8).load_state_dict({'weight': huge, 'bias': huge}, strict=False)
+    with pytest.raises(RuntimeError, match='size mismatch for bias'):
+        cls(8).load_state_dict({**nn.BatchNorm2d(8).state_dict(), 'bias': torch.ones(9)})
+
+
 def test_batchnorm_checkpoint_into_bn_only_exemplar_norm_reproduces_batchnorm():
     bn = nn.BatchNorm2d(16)
     with torch.no_grad():

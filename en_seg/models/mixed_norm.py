@@ -459,12 +459,22 @@ class _MixedNorm(_InstanceNorm):
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, *args,
                               **kwargs) -> None:
-        if (prefix + 'weight') in state_dict and state_dict[prefix + 'weight'].dim() == 1:
+        if self._is_batchnorm_state(state_dict, prefix):
             self._convert_batchnorm_state(state_dict, prefix)
         if self.track_running_stats and prefix + 'num_batches_tracked' not in state_dict:
             # Checkpoints older than BatchNorm's num_batches_tracked lack the key.
             state_dict[prefix + 'num_batches_tracked'] = torch.tensor(0, dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _is_batchnorm_state(self, state_dict: Dict[str, Tensor], prefix: str) -> bool:
+        """Whether the entries under ``prefix`` are a BatchNorm layer's of this width: a
+        (C,) weight and, if given, a (C,) bias. Checked before the conversion allocates
+        anything (a crafted 1-D weight of 2³¹ elements, stride 0, would be repeated into
+        tens of GiB); entries of another shape are left to the load's own size check."""
+        weight, bias = state_dict.get(prefix + 'weight'), state_dict.get(prefix + 'bias')
+        width = (self.num_features,)
+        return (isinstance(weight, Tensor) and weight.shape == width
+                and (bias is None or isinstance(bias, Tensor) and bias.shape == width))
 
     def _convert_batchnorm_state(self, state_dict: Dict[str, Tensor], prefix: str) -> None:
         """Rewrite a BatchNorm layer's entries (C,) into this layer's form, in place.
