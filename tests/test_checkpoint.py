@@ -16,13 +16,15 @@ import mmseg
 import pytest
 import torch
 from mmengine.logging import HistoryBuffer
+from torch import nn
 from mmengine.runner import Runner, load_checkpoint
 from mmseg.apis import MMSegInferencer, inference_model, init_model
 
-from en_seg.checkpoint import CheckpointError
+from en_seg.checkpoint import CheckpointError, load_from_local
 from en_seg.utils.synthetic_data import write_ade20k_layout
 from en_seg.utils.run_config import add_run_arguments, load_run_config
-from malicious import marker_of, write_corpus
+from isolated import run_isolated
+from malicious import RESOURCE_FILES, marker_of, write_corpus, write_resource_corpus
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(REPO, 'configs/exemplar_norm/deeplabv3_r50-d8_en_8xb2-80k_ade20k-512x512.py')
@@ -231,3 +233,72 @@ def test_resume_continues_from_the_saved_iteration(trained, data_root, tmp_path,
     assert 'resumed epoch: 0, iter: 2' in log, log[-3000:]
     assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log
     assert (work / 'iter_3.pth').is_file()
+
+
+@pytest.fixture(scope='module')
+def resource_corpus(tmp_path_factory):
+    return write_resource_corpus(tmp_path_factory.mktemp('resources'))
+
+
+def test_a_numpy_dtype_set_twice_is_live_without_the_scan(resource_corpus):
+    """torch's weights-only unpickler with our allow-list alone returns a HistoryBuffer
+    whose array's dtype was checked, then given the REFCOUNT flag: the refusal below is
+    of something real."""
+    path = resource_corpus['dtype_set_twice']
+    result = run([
+        '-c', 'import en_seg, torch\n'
+              f'buffer, dtype = torch.load({str(path)!r})["message_hub"]\n'
+              'print(type(buffer).__name__, buffer._log_history.dtype.hasobject)'])
+    assert result.stdout.split() == ['HistoryBuffer', 'True']
+
+
+@pytest.mark.parametrize('name', sorted(RESOURCE_FILES))
+def test_a_file_that_would_crash_or_exhaust_the_loader_gets_one_clear_error(
+        resource_corpus, name):
+    # In a forked child with 4 GiB more address space than it starts with: a crash, a hang
+    # or a blown budget fails this test, not the test run.
+    path = resource_corpus[name]
+
+    def loads():
+        messages = []
+        for load in (lambda: load_from_local(str(path)),
+                     lambda: load_checkpoint(nn.Conv2d(1, 1, 1), str(path))):
+            try:
+                load()
+                messages.append('loaded')
+            except CheckpointError as error:
+                messages.append(str(error))
+        return messages
+
+    outcome = run_isolated(loads)
+    assert outcome[0] == 'returned', outcome
+    for message in outcome[1]:
+        assert message.startswith(f'checkpoint {path} ') and RESOURCE_FILES[name] in message, \
+            message
+
+
+def test_a_huge_stride_zero_weight_loads_into_exemplar_norm_without_allocating(tmp_path):
+    # A (2³¹,) weight over one stored float: plain data, a few bytes on disk. EN's
+    # BatchNorm conversion repeated it into 24 GiB; now mmengine reports the size mismatch.
+    from en_seg.models import ExemplarNorm2d
+    path = tmp_path / 'stride0.pth'
+    huge = torch.ones(1).expand(2 ** 31)
+    torch.save({'state_dict': {'weight': huge, 'bias': huge}}, path)
+
+    def load():
+        load_checkpoint(ExemplarNorm2d(8), str(path))
+        return 'loaded'
+
+    assert run_isolated(load) == ('returned', 'loaded')
+
+
+@pytest.mark.parametrize('make, reason', [
+    (lambda path: path.mkdir(), 'cannot be read: it is a directory, not a file'),
+    (lambda path: None, 'cannot be read: there is no such file'),
+])
+def test_a_directory_or_a_missing_file_gets_its_own_reason(tmp_path, make, reason):
+    path = tmp_path / 'checkpoint.pth'
+    make(path)
+    with pytest.raises(CheckpointError, match=reason) as error:
+        load_checkpoint(nn.Conv2d(1, 1, 1), str(path))
+    assert str(error.value).startswith(f'checkpoint {path} ')

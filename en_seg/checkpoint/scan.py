@@ -438,13 +438,17 @@ class _Machine:
                 raise Refusal('its pickle is malformed (it reads an empty memo slot)')
             self.push(self.memo[arg])
 
+        def protocol(arg: int) -> None:
+            if arg != 2:
+                raise Refusal(f'its pickle is of protocol {arg}; torch.save writes protocol 2')
+
         def put(arg: int) -> None:
             if not self.stack:
                 raise Refusal('its pickle is malformed (it memoizes from an empty stack)')
             self.memo[arg] = self.stack[-1]
 
         return {
-            'PROTO': lambda arg: None, 'STOP': lambda arg: self.stop(),
+            'PROTO': protocol, 'STOP': lambda arg: self.stop(),
             'GLOBAL': global_, 'REDUCE': reduce, 'NEWOBJ': newobj, 'BUILD': build,
             'MARK': mark, 'TUPLE': mark_tuple, 'TUPLE1': tuple_of(1), 'TUPLE2': tuple_of(2),
             'TUPLE3': tuple_of(3), 'EMPTY_TUPLE': tuple_of(0),
