@@ -302,3 +302,36 @@ def test_a_directory_or_a_missing_file_gets_its_own_reason(tmp_path, make, reaso
     with pytest.raises(CheckpointError, match=reason) as error:
         load_checkpoint(nn.Conv2d(1, 1, 1), str(path))
     assert str(error.value).startswith(f'checkpoint {path} ')
+
+
+def test_safetensors_export_loads_wherever_a_checkpoint_does(trained, data_root, tmp_path):
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from safetensors import safe_open
+    checkpoint, out = trained / 'iter_2.pth', tmp_path / 'model.safetensors'
+    run(['tools/export_safetensors.py', str(checkpoint), str(out)])
+    saved = load_from_local(str(checkpoint))
+    with safe_open(str(out), 'pt') as weights:  # weights and buffers only
+        assert set(weights.keys()) == set(saved['state_dict'])
+    image = str(next(Path(data_root, 'images', 'validation').glob('*.jpg')))
+    expected = inference_model(init_model(CONFIG, str(checkpoint), device='cpu'), image)
+    segmentor = init_model(CONFIG, str(out), device='cpu')
+    assert segmentor.dataset_meta['classes'] == list(saved['meta']['dataset_meta']['classes'])
+    torch.testing.assert_close(inference_model(segmentor, image).seg_logits.data,
+                               expected.seg_logits.data)
+    inferencer = MMSegInferencer(model=CONFIG, weights=str(out), device='cpu')
+    assert inferencer(image)['predictions'].shape == expected.pred_sem_seg.data.shape[1:]
+    # init_cfg=dict(type='Pretrained'), as a backbone's pre-trained weights come.
+    cfg = Config.fromfile(CONFIG).model
+    cfg.pretrained = None
+    cfg.backbone.init_cfg = dict(type='Pretrained', checkpoint=str(out), prefix='backbone.')
+    model = MODELS.build(cfg)
+    model.init_weights()
+    torch.testing.assert_close(model.backbone.stem[0].weight,
+                               saved['state_dict']['backbone.stem.0.weight'])
+    result = run(['tools/test.py', CONFIG, str(out), '--work-dir', str(tmp_path / 'test'),
+                  '--cfg-options', *small_run(data_root)])
+    assert 'mIoU' in result.stdout + result.stderr
+    result = run(['tools/train.py', CONFIG, '--work-dir', str(tmp_path / 'train'),
+                  '--cfg-options', *small_run(data_root, max_iters=1), f'load_from={out}'])
+    assert f'Load checkpoint from {out}' in result.stdout + result.stderr

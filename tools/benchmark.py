@@ -39,6 +39,12 @@ installed, else torchvision's; then ``layer`` and ``model`` import no OpenMMLab)
         --dtypes float32 bfloat16 --memory-formats nchw channels_last
     python tools/benchmark.py model --device cuda --batch 2 --size 512
 
+``checkpoint``: loading a checkpoint with en_seg's guards (the scan before the load, the
+plain-data check after it) against torch's weights-only load alone, time and peak memory,
+in fresh processes (docs/checkpoints.md)::
+
+    python tools/benchmark.py checkpoint work_dirs/run/iter_80000.pth
+
 ``roofline`` (a GPU only): EN's and cuDNN BatchNorm's layer step at docs/cuda_sass.md's
 shapes, in both layouts, against that page's roofline model and the GPU's peak memory
 bandwidth::
@@ -60,8 +66,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from benchmarking import (doc_section, instructions, layers, machine, model, passes,
-                          process, ratio, report, roofline)
+from benchmarking import (checkpoint_load, doc_section, instructions, layers, machine, model,
+                          passes, process, ratio, report, roofline)
 from benchmarking.timing import CLOCKS, Timing
 from en_seg.ops import available
 
@@ -130,6 +136,12 @@ def run_model(args: argparse.Namespace) -> str:
         section = f'model-{args.device}' + ('' if source == 'mmseg' else '-torchvision')
         doc_section.write_section(args.doc, section, text)
     return text
+
+
+def run_checkpoint(args: argparse.Namespace) -> str:
+    results = checkpoint_load.measure(args.path, args.repeats)
+    return checkpoint_load.markdown(args.path, os.path.getsize(args.path), results,
+                                    header(args))
 
 
 def run_roofline(args: argparse.Namespace) -> str:
@@ -230,6 +242,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 '(default: auto, mmseg where it is installed)')
     segmentor.set_defaults(run=run_model)
 
+    loading = commands.add_parser(
+        'checkpoint', help="loading a checkpoint: en_seg's guarded loader vs torch.load")
+    loading.add_argument('path', help='the checkpoint file to load')
+    loading.add_argument('--repeats', type=int, default=3,
+                         help='processes per variant; the lowest is kept (default: 3)')
+    loading.add_argument('--out', help='also write the table to this Markdown file')
+    loading.set_defaults(run=run_checkpoint, device='cpu', clock='wall')
+
     bandwidth = commands.add_parser(
         'roofline', help="EN vs cuDNN BN against docs/cuda_sass.md's roofline model (GPU)")
     bandwidth.add_argument('--memory-formats', nargs='+', choices=tuple(layers.MEMORY_FORMATS),
@@ -276,7 +296,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         measures_gn = 'GN(32)' in args.variants
     if measures_gn and any(shape[1] % 32 for shape in _shape_list(args)):
         parser.error('GN(32) needs every shape\'s C divisible by 32')
-    if args.command == 'roofline':
+    if args.command in ('roofline', 'checkpoint'):
         return
     if args.command == 'instructions':
         if args.steps < 1:
