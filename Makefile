@@ -101,7 +101,7 @@ PRETRAIN_STAMP := $(CUDA_VENV)/.openmmlab-installed
 $(PRETRAIN_STAMP): $(CUDA_STAMP)
 	MMCV_WITH_OPS=1 $(CUDA_PIP) install --no-build-isolation torchvision==0.28.0 \
 		opencv-python-headless mmengine==0.10.7 mmcv==2.1.0 mmsegmentation==1.2.2 \
-		mmpretrain==1.2.0 ftfy regex pytest matplotlib scikit-learn
+		mmpretrain==1.2.0 ftfy regex pytest matplotlib scikit-learn safetensors
 	touch $@
 
 test-pretrain: cuda-build $(PRETRAIN_STAMP)
