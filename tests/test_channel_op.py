@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from en_seg.models import ExemplarNorm2d, SwitchableNorm2d
@@ -298,6 +299,50 @@ def test_torch_compile_traces_the_fused_layer_in_one_graph(cls, kwargs, _):
     torch.testing.assert_close(torch.autograd.grad(y.square().sum(), x)[0],
                                torch.autograd.grad(layer(x).square().sum(), x)[0],
                                rtol=1e-10, atol=1e-12)
+
+
+#: Ten shapes varying N, H and W (none with H == W, which duck sizing would tie together, for
+#: BatchNorm2d as for us).
+DYNAMIC_SHAPES = [(2, 16, 8, 7), (3, 16, 8, 6), (2, 16, 9, 7), (4, 16, 5, 6), (5, 16, 10, 3),
+                  (2, 16, 12, 11), (6, 16, 7, 5), (3, 16, 4, 9), (7, 16, 6, 5), (2, 16, 3, 4)]
+
+
+def _compiles(layer, shapes, **compile_kwargs):
+    """How many frames torch.compile compiles of layer over ``shapes`` (forward and
+    backward of each, under aot_eager, whose graphs are the traced forward and backward)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend('aot_eager')
+    compiled = torch.compile(layer, backend=counter, fullgraph=True, **compile_kwargs)
+    for shape in shapes:
+        x = activation(shape, torch.float32, False).requires_grad_()
+        compiled(x).square().sum().backward()
+    return counter.frame_count
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+@pytest.mark.parametrize('cls, kwargs, _', LAYERS)
+def test_dynamic_shapes_compile_one_graph_as_batchnorm_does(cls, kwargs, _, training):
+    # The coefficient ops take N * H * W as a SymInt, computed in the layer op from the
+    # input's symbolic sizes: a new N, H or W is the same graph.
+    batchnorm = _compiles(nn.BatchNorm2d(16).train(training), DYNAMIC_SHAPES, dynamic=True)
+    assert batchnorm <= 2  # its frames, whatever the shapes
+    assert _compiles(cls(16, **kwargs).train(training), DYNAMIC_SHAPES,
+                     dynamic=True) == batchnorm
+
+
+@pytest.mark.parametrize('dim', [0, 2, 3])
+@pytest.mark.parametrize('cls, kwargs, _', LAYERS)
+def test_mark_dynamic_on_n_h_or_w(cls, kwargs, _, dim):
+    layer = randomized(cls(16, **kwargs))
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend='aot_eager', fullgraph=True)
+    for size in (5, 6, 7):
+        shape = [2, 16, 4, 3]
+        shape[dim] = size
+        x = activation(tuple(shape), torch.float32, False)
+        torch._dynamo.mark_dynamic(x, dim)
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
 
 
 def test_function_of_the_moments_only_gets_their_gradient():

@@ -216,8 +216,10 @@ class ChannelMoments : public torch::autograd::Function<ChannelMoments> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const double inv_m = 1.0 / static_cast<double>(saved[0].size(2) * saved[0].size(3));
-    return {channel_affine(saved[0], saved[1], grads[1].mul(2 * inv_m), grads[0].mul(inv_m))};
+    // M symbolic under a tracer with dynamic shapes.
+    const c10::SymFloat m(saved[0].sym_size(2) * saved[0].sym_size(3));
+    return {channel_affine(saved[0], saved[1], grads[1].mul(c10::SymFloat(2.0) / m),
+                           grads[0].mul(c10::SymFloat(1.0) / m))};
   }
 };
 

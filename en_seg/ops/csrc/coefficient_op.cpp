@@ -78,7 +78,7 @@ StatisticsArgs check_statistics_args(
     const char* op, const at::Tensor& mean, const at::Tensor& var,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
     const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
-    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
+    bool batch_stats, std::optional<double> momentum, double eps, c10::SymInt count) {
   check_dim(op, "mean", mean, 2, "(N, C)");
   TORCH_CHECK(mean.scalar_type() == at::kFloat || mean.scalar_type() == at::kDouble, op,
               ": expects float32 or float64 moments, got ", mean.scalar_type());
@@ -87,12 +87,15 @@ StatisticsArgs check_statistics_args(
   check_like(op, "mean", mean, {{"var", &var}});
   check_shape(op, "var", var, {mean.size(0), mean.size(1)}, "(N, C)");
   TORCH_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
-  TORCH_CHECK(count >= 1 && count % mean.size(0) == 0, op, ": count ", count,
+  // Symbolic while a tracer runs the layer (the fake kernels take it then); a kernel is
+  // only called on real tensors, whose count is a number.
+  const int64_t values = count.expect_int();
+  TORCH_CHECK(values >= 1 && values % mean.size(0) == 0, op, ": count ", values,
               " must be N * H * W for N = ", mean.size(0));
   const coef::Pool pool = check_pool(op, normalizers);
   TORCH_CHECK(running_mean.has_value() == running_var.has_value(), op,
               ": pass running_mean and running_var together, or neither");
-  RunningArgs running{{}, {}, {}, false, !momentum.has_value(), momentum.value_or(0.0), count};
+  RunningArgs running{{}, {}, {}, false, !momentum.has_value(), momentum.value_or(0.0), values};
   if (running_mean.has_value()) {
     check_running_buffer(op, "running_mean", *running_mean, mean);
     check_running_buffer(op, "running_var", *running_var, mean);
@@ -137,7 +140,7 @@ ExemplarArgs check_exemplar_args(
     const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
     const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
-    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
+    bool batch_stats, std::optional<double> momentum, double eps, c10::SymInt count) {
   const char* op = "en_seg::exemplar_coefficients";
   StatisticsArgs stats =
       check_statistics_args(op, mean, var, running_mean, running_var, num_batches_tracked,
@@ -199,7 +202,7 @@ SwitchableArgs check_switchable_args(
     const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
     const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
-    bool batch_stats, std::optional<double> momentum, double eps, int64_t count) {
+    bool batch_stats, std::optional<double> momentum, double eps, c10::SymInt count) {
   const char* op = "en_seg::switchable_coefficients";
   StatisticsArgs stats =
       check_statistics_args(op, mean, var, running_mean, running_var, num_batches_tracked,
@@ -502,7 +505,7 @@ at::Tensor switchable_norm_apply_autograd(
 // see those three ops.
 struct LayerMoments {
   at::Tensor mean, var;
-  int64_t count;  // N * H * W
+  c10::SymInt count;  // N * H * W, symbolic under a tracer with dynamic shapes
 };
 
 LayerMoments layer_moments(const char* op, const at::Tensor& x) {
@@ -511,7 +514,7 @@ LayerMoments layer_moments(const char* op, const at::Tensor& x) {
       op_handle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>("en_seg::channel_moments");
   at::NoGradGuard no_grad;
   auto [mean, var] = moments.call(x);
-  return {mean, var, x.size(0) * x.size(2) * x.size(3)};
+  return {mean, var, x.sym_size(0) * x.sym_size(2) * x.sym_size(3)};
 }
 
 std::tuple<at::Tensor, at::Tensor> exemplar_norm(

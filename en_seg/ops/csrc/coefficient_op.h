@@ -47,7 +47,7 @@ ExemplarArgs check_exemplar_args(
     const at::Tensor& fc1_b, const at::Tensor& fc2_w, const at::Tensor& fc2_b,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
     const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
-    bool batch_stats, std::optional<double> momentum, double eps, int64_t count);
+    bool batch_stats, std::optional<double> momentum, double eps, c10::SymInt count);
 
 // scale, shift (N, C), ratios (N, K), saved (ExemplarSavedLayout::total,), uninitialised.
 using ExemplarOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -81,7 +81,7 @@ SwitchableArgs check_switchable_args(
     const at::Tensor& bias, const at::Tensor& mean_weight, const at::Tensor& var_weight,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
     const std::optional<at::Tensor>& num_batches_tracked, c10::IntArrayRef normalizers,
-    bool batch_stats, std::optional<double> momentum, double eps, int64_t count);
+    bool batch_stats, std::optional<double> momentum, double eps, c10::SymInt count);
 
 // scale, shift (N, C), saved (SwitchableSavedLayout::total,), uninitialised.
 using SwitchableOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;

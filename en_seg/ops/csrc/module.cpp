@@ -62,7 +62,7 @@ TORCH_LIBRARY_FRAGMENT(en_seg, m) {
       "exemplar_coefficients(Tensor mean, Tensor var, Tensor weight, Tensor bias, "
       "Tensor conv_w, Tensor fc1_w, Tensor fc1_b, Tensor fc2_w, Tensor fc2_b, "
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, "
-      "int[] normalizers, bool batch_stats, float? momentum, float eps, int count) -> "
+      "int[] normalizers, bool batch_stats, float? momentum, float eps, SymInt count) -> "
       "(Tensor scale, Tensor shift, Tensor ratios, Tensor saved)",
       {at::Tag::pt2_compliant_tag});
   // The gradients of mean, var, weight, bias, conv_w, fc1_w, fc1_b, fc2_w, fc2_b from those
@@ -87,7 +87,7 @@ TORCH_LIBRARY_FRAGMENT(en_seg, m) {
       "switchable_coefficients(Tensor mean, Tensor var, Tensor weight, Tensor bias, "
       "Tensor mean_weight, Tensor var_weight, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, int[] normalizers, "
-      "bool batch_stats, float? momentum, float eps, int count) -> "
+      "bool batch_stats, float? momentum, float eps, SymInt count) -> "
       "(Tensor scale, Tensor shift, Tensor saved)",
       {at::Tag::pt2_compliant_tag});
   // The gradients of mean, var, weight, bias, mean_weight, var_weight.
