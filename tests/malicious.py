@@ -288,7 +288,7 @@ RESOURCE_FILES = {
     'record_zip_bomb': 'times the file',
     'pickle_zip_bomb': 'times the file',
     'zip_without_pickle': 'holds no data.pkl',
-    'pickle_protocol_4': 'opcode FRAME, which torch.save does not write',
+    'pickle_protocol_4': 'of protocol 4; torch.save writes protocol 2',
     'bare_pickle': 'it is a bare pickle',
 }
 

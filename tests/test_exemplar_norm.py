@@ -1,4 +1,8 @@
 """ExemplarNorm2d against the paper (docs/method.md) and against nn.BatchNorm2d."""
+import copy
+import io
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -298,3 +302,74 @@ def test_a_pool_without_bn_has_no_bn_member_mode_and_follows_the_layer(cls):
     assert not hasattr(layer, 'bn_member_mode')
     assert layer._bn_member_training() and not layer.eval()._bn_member_training()
     assert layer.train()._synchronizes() is False  # no process group: nothing to reduce
+
+
+# ------------------------------------------------------------------------------------------
+# The contracts nn.BatchNorm2d keeps: the meta device, fake tensors, torch.func, tracing.
+
+MIXED = [ExemplarNorm2d, SwitchableNorm2d]
+
+
+@pytest.mark.parametrize('training', [True, False], ids=['train', 'eval'])
+@pytest.mark.parametrize('impl', ['op', 'reference'])
+@pytest.mark.parametrize('cls', MIXED)
+def test_meta_device_runs_forward_backward_and_to_empty(cls, impl, training):
+    layer = cls(8, impl=impl, device='meta').train(training)
+    x = torch.randn(2, 8, 4, 5, device='meta', requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    assert y.device.type == 'meta' and y.shape == x.shape and x.grad.shape == x.shape
+    layer.to_empty(device='cpu')
+    layer.reset_parameters()
+    fresh = cls(8, impl=impl).train(training)
+    x = torch.randn(2, 8, 4, 5)
+    torch.testing.assert_close(layer(x), fresh(x))
+
+
+@pytest.mark.parametrize('impl', ['op', 'reference'])
+def test_a_fake_forward_leaves_no_fake_ratios(impl):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    layer = ExemplarNorm2d(8, impl=impl)
+    layer(torch.randn(2, 8, 4, 4))
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        y = layer(mode.from_tensor(torch.randn(3, 8, 4, 4)))
+    assert y.shape == (3, 8, 4, 4) and layer.last_ratios is None
+    copy.deepcopy(layer)
+    torch.save(layer, io.BytesIO())
+
+
+@pytest.mark.parametrize('cls', MIXED)
+def test_torch_func_transforms_run_the_references_on_the_op_path(cls):
+    # The ops' autograd is C++ (which functorch refuses) and they have no batching rules:
+    # inside a transform the layer runs the references, which compute the same function.
+    op = randomized(cls(8).eval())
+    reference = cls(8, impl='reference').eval()
+    reference.load_state_dict(op.state_dict())
+    x = torch.randn(2, 8, 4, 4)
+
+    def loss(layer):
+        return lambda p: functional_call(layer, p, (x,)).square().sum()
+
+    grads = torch.func.grad(loss(op))(dict(op.named_parameters()))
+    expected = torch.func.grad(loss(reference))(dict(reference.named_parameters()))
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected[name])
+    batch = torch.randn(3, 2, 8, 4, 4)
+    torch.testing.assert_close(torch.func.vmap(op)(batch),
+                               torch.stack([reference(sample) for sample in batch]))
+    torch.testing.assert_close(torch.func.jacrev(op)(x[:1, :, :2, :2]),
+                               torch.func.jacrev(reference)(x[:1, :, :2, :2]))
+    if cls is ExemplarNorm2d:  # no functorch wrapper left behind
+        assert op.last_ratios is None
+        copy.deepcopy(op)
+
+
+@pytest.mark.parametrize('cls', MIXED)
+def test_num_features_of_any_integer_type_and_no_tracer_warnings(cls):
+    import warnings
+    assert cls(np.int64(8)).num_features == 8 and type(cls(np.int64(8)).num_features) is int
+    with pytest.raises(ValueError, match='positive int'):
+        cls(8.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', torch.jit.TracerWarning)
+        torch.jit.trace(cls(8).eval(), torch.randn(2, 8, 4, 4))

@@ -370,5 +370,6 @@ def test_the_ops_package_is_a_leaf():
                 continue
             for name in names:
                 assert (name.startswith('.') and not name.startswith('..')
-                        or name.split('.')[0] in ('torch', 'typing', 'functools', 'warnings')
+                        or name.split('.')[0] in ('torch', 'typing', 'functools', 'warnings',
+                                                  'contextlib')
                         ), f'{path.name} imports {name}'

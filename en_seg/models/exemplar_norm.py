@@ -4,8 +4,9 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import is_fake
 
-from ..ops import exemplar_norm, exemplar_ratios, normalizer_codes
+from ..ops import exemplar_norm, exemplar_ratios
 from .mixed_norm import _MixedNorm
 
 
@@ -83,7 +84,8 @@ class ExemplarNorm2d(_MixedNorm):
             Linear πK→K). ``ratio_fc2`` and ``ratio_fc1.bias`` start at 0 so every ratio
             starts at 1/K (paper Sec. 4.6).
         last_ratios: (N, K) float32 ratios λ of the latest forward, detached; ``None``
-            before the first forward.
+            before the first forward, and after one under a torch.func transform or a
+            FakeTensorMode (whose tensors must not outlive them).
 
     Shape:
         Input (N, C, H, W) floating point; output the same shape and dtype. N = 1 and
@@ -175,7 +177,7 @@ class ExemplarNorm2d(_MixedNorm):
         means, variances = self._statistics(pooled, var, count)
         rstds = torch.rsqrt(variances + self.eps)
         ratios = self._ratios(pooled, means, rstds)
-        self.last_ratios = ratios.detach().float()
+        self._keep_ratios(ratios)
         # Eq. 3 as y = A (x - pooled) + B: A = Σ_k γ_k λ_k rstd_k and
         # B = Σ_k β_k + Σ_k γ_k λ_k rstd_k (pooled - μ_k), whose IN term is exactly 0.
         gain = ratios.unsqueeze(2) * self.weight.to(rstds.dtype) * rstds  # (N, K, C)
@@ -192,12 +194,22 @@ class ExemplarNorm2d(_MixedNorm):
                 fc2['weight'], fc2['bias']))
         running_mean, running_var, tracked, batch_stats = self._coefficient_op_statistics()
         y, ratios = exemplar_norm(x, *params, running_mean, running_var, tracked,
-                                  normalizer_codes(self.normalizers), batch_stats,
+                                  self._normalizer_codes, batch_stats,
                                   self.momentum, self.eps)
-        # A plain attribute (nn.Module.__setattr__ would look for a parameter, buffer or
-        # child of that name first).
-        self.__dict__['last_ratios'] = ratios.float()
+        self._keep_ratios(ratios)
         return y
+
+    def _keep_ratios(self, ratios: Tensor) -> None:
+        """Sets ``last_ratios``: a plain attribute (nn.Module.__setattr__ would look for a
+        parameter, buffer or child of that name first), and None for a tensor of a
+        torch.func transform or a fake mode, which a later ``deepcopy`` or ``torch.save``
+        of the model could not handle. Under torch.compile the graph returns real
+        tensors, so no check is traced."""
+        if not torch.compiler.is_compiling() and (
+                is_fake(ratios) or torch._C._functorch.is_functorch_wrapped_tensor(ratios)):
+            self.__dict__['last_ratios'] = None
+            return
+        self.__dict__['last_ratios'] = ratios.detach().float()
 
     def _ratios(self, pooled: Tensor, means: Tensor, rstds: Tensor) -> Tensor:
         dtype = pooled.dtype

@@ -7,6 +7,7 @@ docs/method.md#running-statistics), the per-normalizer statistics of a batch
 (n, c) (docs/method.md#output), fused or in plain PyTorch, and the loading of plain
 BatchNorm checkpoints.
 """
+import numbers
 import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ..ops import channel_affine_norm, check_impl, use_ops
+from ..ops import channel_affine_norm, check_impl, normalizer_codes, use_ops
 from ..ops.reference import merge_moments
 from .sync_statistics import group_batch_moments, group_size
 
@@ -134,8 +135,11 @@ class _MixedNorm(_InstanceNorm):
         # _NormBase's constructor would make (C,) affine parameters and reset them before
         # the subclass's members exist; the attributes it sets are set here instead.
         nn.Module.__init__(self)
-        if not isinstance(num_features, int) or num_features <= 0:
+        # Any integer type, numpy's included, as nn.BatchNorm2d takes; not a bool or float.
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) \
+                or num_features <= 0:
             raise ValueError(f'num_features must be a positive int, got {num_features!r}')
+        num_features = int(num_features)
         if eps <= 0:
             raise ValueError(f'eps must be positive to keep the division finite, got {eps}')
         self.num_features = num_features
@@ -144,6 +148,7 @@ class _MixedNorm(_InstanceNorm):
         self.affine = True
         self.track_running_stats = track_running_stats
         self.normalizers = check_normalizers(normalizers)
+        self._normalizer_codes = normalizer_codes(self.normalizers)  # the ops' argument
         self.impl = check_impl(impl)
         self.sync_stats = bool(sync_stats)
         self.process_group = process_group
@@ -268,13 +273,18 @@ class _MixedNorm(_InstanceNorm):
                              f'{tuple(x.shape)}; an (N, C) input has one value per sample '
                              'and channel, so its IN statistics are degenerate: normalize it '
                              'with nn.BatchNorm1d or nn.LayerNorm instead')
+        if not x.is_floating_point():
+            raise TypeError(f'{type(self).__name__} expects a floating-point input, got '
+                            f'{x.dtype}; convert it first, e.g. x.float()')
+        if torch.jit.is_tracing():
+            # Sizes are traced tensors there: comparing them would record the trace's
+            # sizes as constants (TracerWarning), and a trace is run on the shapes it was
+            # made with.
+            return
         if x.shape[1] != self.num_features:
             raise ValueError(f'{type(self).__name__} was built for num_features='
                              f'{self.num_features} channels, got an input of shape '
                              f'{tuple(x.shape)} with {x.shape[1]} channels')
-        if not x.is_floating_point():
-            raise TypeError(f'{type(self).__name__} expects a floating-point input, got '
-                            f'{x.dtype}; convert it first, e.g. x.float()')
         if x.numel() == 0:
             raise ValueError(f'{type(self).__name__} got an empty input of shape '
                              f'{tuple(x.shape)}')

@@ -4,7 +4,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..ops import normalizer_codes, switchable_norm
+from ..ops import switchable_norm
 from .mixed_norm import _MixedNorm
 
 
@@ -108,7 +108,7 @@ class SwitchableNorm2d(_MixedNorm):
             x, (own['weight'], own['bias'], own['mean_weight'], own['var_weight']))
         running_mean, running_var, tracked, batch_stats = self._coefficient_op_statistics()
         return switchable_norm(x, *params, running_mean, running_var, tracked,
-                               normalizer_codes(self.normalizers), batch_stats, self.momentum,
+                               self._normalizer_codes, batch_stats, self.momentum,
                                self.eps)
 
     def _batchnorm_affine(self) -> Tuple[Tensor, Tensor]:

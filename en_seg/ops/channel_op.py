@@ -21,6 +21,7 @@ autograd formulas of the moments and the affine map are C++, csrc/channel_op.cpp
 coefficient ops (:mod:`.coefficient_op`) chain these ops into a layer with one backward
 pass over X.
 """
+import contextlib
 from typing import Callable, Tuple
 
 import torch
@@ -67,7 +68,10 @@ def channel_affine_norm(x: Tensor, coefficients: Coefficients, impl: str = 'op')
     Warns:
         UserWarning: as :func:`~en_seg.ops.library.use_ops`.
     """
-    with torch.autocast(x.device.type, enabled=False):
+    # Devices without autocast (meta) have nothing to disable, and refuse the context.
+    no_autocast = (torch.autocast(x.device.type, enabled=False)
+                   if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
+    with no_autocast:
         if not use_ops(impl, x):
             return reference.channel_affine_norm(x, coefficients)
         mean, var = torch.ops.en_seg.channel_moments(x)

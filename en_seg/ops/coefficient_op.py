@@ -26,7 +26,6 @@ than a call from Python. This module registers the inner ops' fake kernels, so t
 ``torch.compile`` traces the layer in one graph (the layer ops are composite: tracers see
 the ops inside).
 """
-import functools
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -39,10 +38,9 @@ from .library import EXTENSION_AVAILABLE
 NORMALIZER_CODES = {'IN': 0, 'LN': 1, 'BN': 2}
 
 
-@functools.lru_cache(maxsize=None)
 def normalizer_codes(normalizers: Tuple[str, ...]) -> Tuple[int, ...]:
     """The ops' ``normalizers`` argument for a pool of names (a tuple), e.g. (0, 1, 2) for
-    ('IN', 'LN', 'BN'); cached, since a layer asks at every forward."""
+    ('IN', 'LN', 'BN'); a layer asks once, when it is built."""
     return tuple(NORMALIZER_CODES[name] for name in normalizers)
 
 

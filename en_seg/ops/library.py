@@ -8,7 +8,10 @@ Every op of the family (csrc/module.cpp declares them all) runs an input, or non
 - its statistics' dtype (float64 for a float64 input, else float32) has kernels there:
   float32 and float64 on the CPU, float32 on CUDA; activations may also be float16 or
   bfloat16, whose statistics are float32;
-- no exporter is tracing the model (:mod:`.export`): no ONNX runtime knows our ops.
+- no exporter is tracing the model (:mod:`.export`): no ONNX runtime knows our ops;
+- no torch.func transform (``vmap``, ``grad``, ``jacrev``, ...) is running: the ops'
+  autograd formulas are C++ autograd Functions, which functorch does not take, and the ops
+  have no batching rules.
 
 Elsewhere the pure-PyTorch references (:mod:`.reference`) compute the same function.
 :func:`use_ops` applies the rule to an ``impl`` switch and warns once per cause where a
@@ -74,7 +77,8 @@ def _has_kernels(x: Tensor) -> bool:
 def available(x: Tensor) -> bool:
     """Whether the compiled ops run ``x`` (an activation (N, C, H, W), or (N, C)
     statistics), by the rule of this module. Cheap: layers ask at every forward."""
-    return x.device.type in _BUILT_DEVICES and _has_kernels(x) and not is_exporting()
+    return (x.device.type in _BUILT_DEVICES and _has_kernels(x) and not is_exporting()
+            and torch._C._functorch.peek_interpreter_stack() is None)
 
 
 def use_ops(impl: str, x: Tensor) -> bool:
@@ -92,7 +96,7 @@ def use_ops(impl: str, x: Tensor) -> bool:
     if impl == 'op':
         if available(x):
             return True
-        if _has_kernels(x) and not is_exporting():
+        if (_has_kernels(x) and x.device.type not in _BUILT_DEVICES and not is_exporting()):
             _warn_not_built(x.device.type)
         return False
     check_impl(impl)
