@@ -124,7 +124,7 @@ def test_moments_have_no_cancellation_at_a_large_offset(channels_last):
 
 
 @pytest.mark.parametrize('dtype, scale', HUGE_SCALES)
-@pytest.mark.parametrize('shape', [(2, 5, 40, 77), (1, 70, 100, 91)])
+@pytest.mark.parametrize('shape', [(2, 8, 5, 5), (2, 5, 40, 77), (1, 70, 100, 91)])
 @pytest.mark.parametrize('channels_last', [False, True])
 def test_moments_near_overflow_follow_var_mean(dtype, scale, shape, channels_last):
     # Never NaN from finite data: a constant plane of 1e20 has variance 0, and every sum is
@@ -132,6 +132,20 @@ def test_moments_near_overflow_follow_var_mean(dtype, scale, shape, channels_las
     x = huge_activation(shape, dtype, scale, channels_last)
     mean, var = ops.channel_moments(x)
     assert_moments_follow_var_mean(x, mean, var, scale)
+
+
+@pytest.mark.parametrize('dtype, scale', HUGE_SCALES)
+@pytest.mark.parametrize('cls', [ExemplarNorm2d, SwitchableNorm2d])
+def test_layer_output_is_non_finite_exactly_where_the_references_is(cls, dtype, scale):
+    # Both impls compute the same function at every magnitude the dtype holds: the op path
+    # gave NaN where the reference's output was finite (float32 at 1e37).
+    for shape, channels_last in (((2, 8, 5, 5), False), ((2, 8, 40, 40), True)):
+        x = huge_activation(shape, dtype, scale, channels_last)
+        params = torch.float64 if dtype == torch.float64 else torch.float32
+        op = randomized(cls(8)).to(params)
+        reference = cls(8, impl='reference').to(params)
+        reference.load_state_dict(op.state_dict())
+        assert torch.equal(op(x).isfinite(), reference(x).isfinite()), (shape, channels_last)
 
 
 @pytest.mark.parametrize('channels_last', [False, True])

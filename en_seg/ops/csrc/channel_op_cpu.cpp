@@ -90,7 +90,10 @@ Moments<acc_t> scaled_moments(const acc_t* x, int64_t stride, int64_t len) {
     var += scaled * scaled;
     residual += d * inv;
   }
-  return {len, mean + residual, std::max(acc_t(0), var - residual * residual)};
+  // residual² <= var exactly; where var overflowed, so may residual², and inf - inf is
+  // NaN: the variance is then var's inf, as torch.var_mean gives.
+  const acc_t corrected = var - residual * residual;
+  return {len, mean + residual, std::isnan(corrected) ? var : std::max(acc_t(0), corrected)};
 }
 
 // `len` values of `src` as acc_t: `src` itself when it already has that type, else a
