@@ -209,7 +209,8 @@ class ExemplarNorm2d(_MixedNorm):
                 is_fake(ratios) or torch._C._functorch.is_functorch_wrapped_tensor(ratios)):
             self.__dict__['last_ratios'] = None
             return
-        self.__dict__['last_ratios'] = ratios.detach().float()
+        self.__dict__['last_ratios'] = (ratios.detach() if ratios.requires_grad else
+                                        ratios).float()
 
     def _ratios(self, pooled: Tensor, means: Tensor, rstds: Tensor) -> Tensor:
         dtype = pooled.dtype

@@ -78,7 +78,7 @@ def available(x: Tensor) -> bool:
     """Whether the compiled ops run ``x`` (an activation (N, C, H, W), or (N, C)
     statistics), by the rule of this module. Cheap: layers ask at every forward."""
     return (x.device.type in _BUILT_DEVICES and _has_kernels(x) and not is_exporting()
-            and torch._C._functorch.peek_interpreter_stack() is None)
+            and not torch._C._are_functorch_transforms_active())
 
 
 def use_ops(impl: str, x: Tensor) -> bool:
