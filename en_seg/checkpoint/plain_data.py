@@ -7,15 +7,15 @@ per object (shared and cyclic references included), and refuses anything but:
 - a numpy ndarray or scalar of a canonical bool, integer, float or complex dtype (no
   fields, subarray, metadata or flags of its own);
 - a ``HistoryBuffer`` holding only what mmengine writes;
-- a ``dict``, or an ``OrderedDict`` whose only attribute is a state dict's ``_metadata``
-  (a dict or OrderedDict);
+- a ``dict`` or ``Counter``, or an ``OrderedDict`` whose only attribute is a state dict's
+  ``_metadata`` (a dict or OrderedDict);
 - a ``list``, ``tuple``, ``set`` or ``frozenset``, and ``str``, ``bytes``, ``bytearray``,
   ``int``, ``float``, ``complex``, ``bool`` or ``None``;
 
 nested no deeper than the limit. Nothing is repaired: the first object that fails is named
 by its type and place.
 """
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Iterable, List, Tuple
 
 import numpy as np
@@ -50,7 +50,7 @@ def _children(value: Any, where: str) -> Iterable[Tuple[Any, str]]:
                                                kind is not value.dtype.type):
             raise Refusal(f'{where} is numpy data of a dtype that is not a plain numeric one')
         return ()
-    if kind is dict:
+    if kind is dict or kind is Counter:
         return _items(value, where)
     if kind is OrderedDict:
         attributes = vars(value)

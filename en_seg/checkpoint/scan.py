@@ -180,6 +180,7 @@ class _Machine:
         self.unset: List[_Value] = []  # dtypes, arrays and buffers, until BUILD sets them
         self.calls: Dict[str, Callable[[Tuple[_Value, ...]], _Value]] = {
             'collections.OrderedDict': self._ordered_dict,
+            'collections.Counter': self._counter,
             'torch._utils._rebuild_tensor_v2': self._tensor,
             'torch._utils._rebuild_parameter': self._parameter,
             'builtins.set': lambda args: self._made('set', args),
@@ -253,6 +254,13 @@ class _Machine:
         if args:
             raise Refusal('it makes an OrderedDict from arguments (torch.save writes none)')
         return _Value('ordered')
+
+    @staticmethod
+    def _counter(args: Tuple[_Value, ...]) -> _Value:
+        # A Counter pickles as Counter(dict) (mmengine's epoch-based loops keep one).
+        if len(args) > 1 or args and args[0].kind != 'dict':
+            raise Refusal('it makes a Counter from something other than a dict')
+        return _Value('dict', items=args)
 
     @staticmethod
     def _tensor(args: Tuple[_Value, ...]) -> _Value:
