@@ -109,8 +109,11 @@ class _Value:
     def __init__(self, kind: str, value: Any = None, items: Tuple['_Value', ...] = (),
                  built: bool = False) -> None:
         self.kind, self.value, self.items, self.built = kind, value, items, built
-        self.size = 1 + sum(item.size for item in items)
-        self.depth = 1 + max((item.depth for item in items), default=0)
+        if items:
+            self.size = 1 + sum(item.size for item in items)
+            self.depth = 1 + max(item.depth for item in items)
+        else:  # most values: literals
+            self.size = self.depth = 1
 
 
 class _Blob:
