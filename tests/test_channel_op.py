@@ -108,9 +108,12 @@ def test_ops_match_their_float64_formulas(shape, dtype, channels_last, device):
     assert_relative(sum_dy, dy64.sum((2, 3)), reduced)
     assert_relative(sum_dy_xc, (dy64 * (x64 - bc(center))).sum((2, 3)), reduced)
 
-    dx = ops.channel_affine_input_grad(dy, x, center, a, k, b)
+    # mean = center, scale = a, sum_dy = k, grad_mean = b, grad_var = k
+    dx = ops.channel_norm_input_grad(dy, x, center, a, k, b, k)
     assert dx.dtype == dtype and dx.is_contiguous(memory_format=memory_format(channels_last))
-    assert_relative(dx, bc(a) * dy64 + bc(k) * (x64 - bc(center)) + bc(b), dtype)
+    m = x.shape[2] * x.shape[3]
+    assert_relative(dx, bc(a) * dy64 + (bc(b) - bc(a) * bc(k) + 2 * bc(k) * (x64 - bc(center)))
+                    / m, dtype)
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
@@ -174,7 +177,7 @@ def test_no_samples_give_empty_results(channels_last, device):
     assert mean.shape == var.shape == (0, 4)
     assert ops.channel_affine(x, zeros, zeros, zeros).shape == x.shape
     assert ops.channel_affine_grad_sums(x, x, zeros)[0].shape == (0, 4)
-    assert ops.channel_affine_input_grad(x, x, zeros, zeros, zeros, zeros).shape == x.shape
+    assert ops.channel_norm_input_grad(x, x, zeros, zeros, zeros, zeros, zeros).shape == x.shape
 
 
 def test_other_strides_are_accepted_by_copy():
@@ -197,7 +200,7 @@ def test_opcheck(dtype, channels_last, device):
     torch.library.opcheck(ops.channel_moments.default, (grad_args[0],))
     torch.library.opcheck(ops.channel_affine.default, tuple(grad_args))
     torch.library.opcheck(ops.channel_affine_grad_sums.default, (dy, x, center))
-    torch.library.opcheck(ops.channel_affine_input_grad.default, (dy, x, center, a, k, b))
+    torch.library.opcheck(ops.channel_norm_input_grad.default, (dy, x, center, a, k, b, k))
 
 
 @pytest.mark.parametrize('device', DEVICES)

@@ -214,27 +214,6 @@ def test_channel_affine(channel_op, in_every_order, shape, dtype, channels_last)
                            torch.contiguous_format)
 
 
-@dtypes
-@shapes
-@layouts
-def test_channel_affine_input_grad(channel_op, in_every_order, shape, dtype,
-                                   channels_last):
-    x = activation(shape, dtype, channels_last, seed=0)
-    dy = activation(shape, dtype, channels_last, seed=5)
-    center, dy_scale, x_scale, shift = coefficients(shape, dtype, 4)
-    dx, = in_every_order(lambda: [channel_op.channel_affine_input_grad(
-        dy, x, channels_last, center, dy_scale, x_scale, shift)])
-    acc = center.dtype
-    expected = (per_row(dy_scale) * dy.to(acc) + per_row(x_scale) * (x.to(acc) - per_row(center))
-                + per_row(shift))
-    assert torch.equal(dx, expected.to(dtype))
-
-
-#: The emulated GPU's multiprocessors (bindings/channel_op.cpp), and the blocks of 256
-#: threads each holds at once: a reduction splits rows until its grid fills the GPU once.
-MULTIPROCESSORS, RESIDENT_BLOCKS = 132, 8
-
-
 @pytest.mark.parametrize('shape, channels_last, segments, fills', [
     ((2, 32, 256, 512), False, 17, True),  # the stem at batch 2, 512x1024: 64 rows
     ((1, 70, 100, 91), False, 3, True),    # 'widest': as far as 4096-value segments allow
@@ -437,10 +416,10 @@ def test_a_training_layer_step_launches_three_kernels_forward_and_three_backward
                     *coefficients((n, c), torch.float32, 2), saved, params[0], codes, True)
     scale, shift = outputs[0], outputs[1]
     run(channel_op, channel_op.channel_affine, x, channels_last, mean, scale, shift)
-    run(channel_op, channel_op.channel_affine_grad_sums, dy, x, channels_last, mean)
+    sum_dy, _ = run(channel_op, channel_op.channel_affine_grad_sums, dy, x, channels_last, mean)
     run(coefficient_ops, *backward)
-    run(channel_op, channel_op.channel_affine_input_grad, dy, x, channels_last, mean, scale,
-        scale, shift)
+    run(channel_op, channel_op.channel_norm_input_grad, dy, x, channels_last, mean, scale,
+        sum_dy, shift, scale)
     assert (sum(launches[:3]), sum(launches[3:])) == STEP_LAUNCHES, launches
 
 

@@ -3,14 +3,13 @@
 docs/method.md#statistics and #output (paper Sec. 3.1-3.3, Eq. 3). A mixed layer's output is
 an affine map of X per (n, c), ``y = scale * (x - mean) + shift``, whose (N, C)
 coefficients are a small differentiable function of the per-(n, c) moments (merging them
-into IN / LN / BN statistics, the ratio branch, γ and β). Five compiled ops
+into IN / LN / BN statistics, the ratio branch, γ and β). Four compiled ops
 (csrc/channel_op.cpp; CPU and CUDA kernels) give a layer BatchNorm's memory passes:
 
 - ``torch.ops.en_seg.channel_moments(x) -> (mean, var)``: one read of X.
 - ``torch.ops.en_seg.channel_affine(x, center, scale, shift)``: one read and one write.
-- ``torch.ops.en_seg.channel_affine_grad_sums(grad_y, x, center) -> (Σ dy, Σ dy (x - c))``
-  and ``torch.ops.en_seg.channel_affine_input_grad(grad_y, x, center, dy_scale, x_scale,
-  shift)``: a backward's reduction pass and elementwise pass.
+- ``torch.ops.en_seg.channel_affine_grad_sums(grad_y, x, center) -> (Σ dy, Σ dy (x - c))``:
+  a backward's reduction pass.
 - ``torch.ops.en_seg.channel_norm_input_grad(grad_y, x, mean, scale, sum_dy, grad_mean,
   grad_var)``: a mixed layer's whole input gradient in one elementwise pass, given the
   gradients that reach its moments.
@@ -116,11 +115,6 @@ if EXTENSION_AVAILABLE:
     def _channel_affine_grad_sums_fake(grad_y, x, center):
         _check_fake_input('en_seg::channel_affine_grad_sums', x)
         return _stats_like(x), _stats_like(x)
-
-    @torch.library.register_fake('en_seg::channel_affine_input_grad')
-    def _channel_affine_input_grad_fake(grad_y, x, center, dy_scale, x_scale, shift):
-        _check_fake_input('en_seg::channel_affine_input_grad', x)
-        return _activation_like(x)
 
     @torch.library.register_fake('en_seg::channel_norm_input_grad')
     def _channel_norm_input_grad_fake(grad_y, x, mean, scale, sum_dy, grad_mean, grad_var):

@@ -26,7 +26,7 @@ from .export import is_exporting
 
 #: The schema version these Python modules register fake kernels and autograd for; bumped
 #: with ``kSchemaVersion`` in csrc/module.cpp.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: The implementations an ``impl`` argument may name: the compiled ops, or plain PyTorch.
 IMPLS = ('op', 'reference')

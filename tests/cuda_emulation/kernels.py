@@ -70,8 +70,6 @@ class ChannelOp(_Library):
         self._affine = self._function('emu_channel_affine', _INT, _PTR, *shape, *[_PTR] * 4)
         self._grad_sums = self._function('emu_channel_affine_grad_sums', _INT, _PTR, _PTR,
                                          *shape, *[_PTR] * 5)
-        self._input_grad = self._function('emu_channel_affine_input_grad', _INT, _PTR, _PTR,
-                                          *shape, *[_PTR] * 5)
         self._norm_input_grad = self._function('emu_channel_norm_input_grad', _INT, _PTR, _PTR,
                                                *shape, *[_PTR] * 6)
 
@@ -122,16 +120,6 @@ class ChannelOp(_Library):
         self._reduce(self._grad_sums, shape, _ptr(dy), _ptr(x), *shape, _ptr(center),
                      _ptr(sum_dy), _ptr(sum_dy_xc))
         return sum_dy, sum_dy_xc
-
-    def channel_affine_input_grad(self, dy, x, channels_last, center, dy_scale, x_scale,
-                                  shift):
-        """dx = dy_scale * dy + x_scale * (x - center) + shift per (n, c), like x."""
-        shape, memory_format = self._shape(x, channels_last)
-        dx = _nan_like(x.shape, x.dtype, memory_format)
-        self._check(self._input_grad(_ptr(dy), _ptr(x), *shape,
-                                     *map(_ptr, (center, dy_scale, x_scale, shift, dx))))
-        return dx
-
 
     def channel_norm_input_grad(self, dy, x, channels_last, mean, scale, sum_dy, grad_mean,
                                 grad_var):

@@ -6,7 +6,7 @@
 // whose coefficients are small (N, C) functions of the per-(n, c) moments. So a layer needs
 // BatchNorm's memory passes: channel_moments reads X once, channel_affine reads X and writes
 // Y once; backward, channel_affine_grad_sums reads (dY, X) once and
-// channel_affine_input_grad reads (dY, X) and writes dX once. The (N, C) algebra between
+// channel_norm_input_grad reads (dY, X) and writes dX once. The (N, C) algebra between
 // them (merging moments into IN / LN / BN statistics, the ratio branch) stays in PyTorch.
 // Centring on the per-(n, c) mean keeps the sums free of cancellation when |mean| >> std.
 //
@@ -90,19 +90,6 @@ GradSumsArgs check_grad_sums_args(const at::Tensor& grad_y, const at::Tensor& x,
           check_coefficient(op, "center", center, a)};
 }
 
-InputGradArgs check_input_grad_args(const at::Tensor& grad_y, const at::Tensor& x,
-                                    const at::Tensor& center, const at::Tensor& dy_scale,
-                                    const at::Tensor& x_scale, const at::Tensor& shift) {
-  const char* op = "en_seg::channel_affine_input_grad";
-  const Activation a = check_activation(op, x);
-  return {a,
-          match_activation(op, "grad_y", grad_y, a),
-          check_coefficient(op, "center", center, a),
-          check_coefficient(op, "dy_scale", dy_scale, a),
-          check_coefficient(op, "x_scale", x_scale, a),
-          check_coefficient(op, "shift", shift, a)};
-}
-
 NormInputGradArgs check_norm_input_grad_args(const at::Tensor& grad_y, const at::Tensor& x,
                                              const at::Tensor& mean, const at::Tensor& scale,
                                              const at::Tensor& sum_dy,
@@ -145,10 +132,6 @@ TORCH_LIBRARY_FRAGMENT(en_seg, m) {
   // (sum_dy, sum_dy_xc): per-(n, c) sums over H * W of dy and of dy * (x - center).
   m.def("channel_affine_grad_sums(Tensor grad_y, Tensor x, Tensor center) -> "
         "(Tensor, Tensor)",
-        {at::Tag::pt2_compliant_tag});
-  // dx = dy_scale * dy + x_scale * (x - center) + shift per (n, c).
-  m.def("channel_affine_input_grad(Tensor grad_y, Tensor x, Tensor center, Tensor dy_scale, "
-        "Tensor x_scale, Tensor shift) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   // dx of y = scale * (x - mean) + shift with mean, var the moments of x over M = H * W
   // values, given Σ dy per (n, c) and the gradients grad_mean, grad_var that reach the

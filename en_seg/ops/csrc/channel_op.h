@@ -1,7 +1,6 @@
 // Argument checking shared by the CPU and CUDA kernels of the fused statistics / apply ops
-// en_seg::channel_moments, channel_affine, channel_affine_grad_sums,
-// channel_affine_input_grad and channel_norm_input_grad (schemas and their math in
-// channel_op.cpp).
+// en_seg::channel_moments, channel_affine, channel_affine_grad_sums and
+// channel_norm_input_grad (schemas and their math in channel_op.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -55,14 +54,6 @@ struct GradSumsArgs {  // en_seg::channel_affine_grad_sums
 };
 GradSumsArgs check_grad_sums_args(const at::Tensor& grad_y, const at::Tensor& x,
                                   const at::Tensor& center);
-
-struct InputGradArgs {  // en_seg::channel_affine_input_grad
-  Activation x;
-  at::Tensor grad_y, center, dy_scale, x_scale, shift;
-};
-InputGradArgs check_input_grad_args(const at::Tensor& grad_y, const at::Tensor& x,
-                                    const at::Tensor& center, const at::Tensor& dy_scale,
-                                    const at::Tensor& x_scale, const at::Tensor& shift);
 
 struct NormInputGradArgs {  // en_seg::channel_norm_input_grad
   Activation x;

@@ -1,6 +1,5 @@
-// CPU kernels of en_seg::channel_moments, channel_affine, channel_affine_grad_sums,
-// channel_affine_input_grad and channel_norm_input_grad (schemas and math in
-// channel_op.cpp).
+// CPU kernels of en_seg::channel_moments, channel_affine, channel_affine_grad_sums and
+// channel_norm_input_grad (schemas and math in channel_op.cpp).
 //
 // Memory-bound passes spread over threads with at::parallel_for: loops along a row that the
 // compiler vectorizes (simd.h; plain loops come out faster than at::vec::Vectorized, whose
@@ -420,7 +419,7 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(const at::Tensor& input) 
 }
 
 // ---------------------------------------------------------------------------------------
-// channel_affine and channel_affine_input_grad: one elementwise pass
+// channel_affine and channel_norm_input_grad: one elementwise pass
 
 // y = scale * (x - center) + shift over one row.
 template <typename acc_t, typename Coef>
@@ -522,26 +521,9 @@ void input_grad_pass(const Activation& x, const at::Tensor& grad_y, const acc_t*
       });
 }
 
-at::Tensor channel_affine_input_grad_cpu(const at::Tensor& grad_y, const at::Tensor& input,
-                                         const at::Tensor& center, const at::Tensor& dy_scale,
-                                         const at::Tensor& x_scale, const at::Tensor& shift) {
-  const InputGradArgs args = check_input_grad_args(grad_y, input, center, dy_scale, x_scale,
-                                                   shift);
-  const Activation& x = args.x;
-  at::Tensor dx = empty_activation(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.tensor.scalar_type(),
-                                  "channel_affine_input_grad_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    input_grad_pass<scalar_t>(x, args.grad_y, args.center.const_data_ptr<acc_t>(),
-                              args.dy_scale.const_data_ptr<acc_t>(),
-                              args.x_scale.const_data_ptr<acc_t>(),
-                              args.shift.const_data_ptr<acc_t>(), dx);
-  });
-  return dx;
-}
-
-// channel_affine_input_grad with dy_scale = scale, x_scale = 2 grad_var / M and
-// shift = (grad_mean - scale * sum_dy) / M (channel_op.cpp).
+// dx = dy_scale * dy + x_scale * (x - mean) + shift, an input_grad_pass with dy_scale =
+// scale, x_scale = 2 grad_var / M and shift = (grad_mean - scale * sum_dy) / M
+// (channel_op.cpp).
 at::Tensor channel_norm_input_grad_cpu(const at::Tensor& grad_y, const at::Tensor& input,
                                        const at::Tensor& mean, const at::Tensor& scale,
                                        const at::Tensor& sum_dy, const at::Tensor& grad_mean,
@@ -724,7 +706,6 @@ TORCH_LIBRARY_IMPL(en_seg, CPU, m) {
   m.impl("channel_moments", &channel_moments_cpu);
   m.impl("channel_affine", &channel_affine_cpu);
   m.impl("channel_affine_grad_sums", &channel_affine_grad_sums_cpu);
-  m.impl("channel_affine_input_grad", &channel_affine_input_grad_cpu);
   m.impl("channel_norm_input_grad", &channel_norm_input_grad_cpu);
 }
 

@@ -7,7 +7,7 @@
 // The version of the schemas below. Bump it with any change to them: en_seg/ops/library.py
 // uses the library only where its version is the one the Python side registers for, so an
 // extension built from older sources falls back to the references instead of failing.
-constexpr long kSchemaVersion = 5;
+constexpr long kSchemaVersion = 6;
 
 extern "C" {
 // A module holding only SCHEMA_VERSION: importing en_seg.ops._C loads this library, whose

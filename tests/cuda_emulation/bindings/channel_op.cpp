@@ -62,18 +62,6 @@ EMU_EXPORT int emu_channel_affine_grad_sums(const void* grad_y, const void* x, i
   });
 }
 
-EMU_EXPORT int emu_channel_affine_input_grad(const void* grad_y, const void* x, int dtype,
-                                             int64_t n, int64_t c, int64_t hw,
-                                             int channels_last, const void* center,
-                                             const void* dy_scale, const void* x_scale,
-                                             const void* shift, void* grad_x) {
-  return emu::run_launcher([&] {
-    return en_seg::cuda::launch_channel_affine_input_grad(
-        grad_y, x, static_cast<DType>(dtype), shape(n, c, hw, channels_last), center,
-        dy_scale, x_scale, shift, grad_x, nullptr);
-  });
-}
-
 EMU_EXPORT int emu_channel_norm_input_grad(const void* grad_y, const void* x, int dtype,
                                            int64_t n, int64_t c, int64_t hw, int channels_last,
                                            const void* mean, const void* scale,

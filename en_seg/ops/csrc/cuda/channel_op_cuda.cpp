@@ -1,6 +1,6 @@
-// CUDA implementations of en_seg::channel_moments, channel_affine, channel_affine_grad_sums,
-// channel_affine_input_grad and channel_norm_input_grad: argument checks, allocation on the
-// caching allocator and launch on the current stream. The kernels are in
+// CUDA implementations of en_seg::channel_moments, channel_affine, channel_affine_grad_sums
+// and channel_norm_input_grad: argument checks, allocation on the caching allocator and
+// launch on the current stream. The kernels are in
 // channel_op_kernel.cu.
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -93,23 +93,6 @@ std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cuda(const at::Tenso
   return {sum_dy, sum_dy_xc};
 }
 
-at::Tensor channel_affine_input_grad_cuda(const at::Tensor& grad_y, const at::Tensor& input,
-                                          const at::Tensor& center, const at::Tensor& dy_scale,
-                                          const at::Tensor& x_scale, const at::Tensor& shift) {
-  const InputGradArgs args = check_input_grad_args(grad_y, input, center, dy_scale, x_scale,
-                                                   shift);
-  const Activation& x = args.x;
-  const c10::cuda::CUDAGuard guard(x.tensor.device());
-  at::Tensor dx = empty_activation(x);
-  C10_CUDA_CHECK(cuda::launch_channel_affine_input_grad(
-      args.grad_y.const_data_ptr(), x.tensor.const_data_ptr(),
-      kernel_dtype(x.tensor.scalar_type()), kernel_shape(x), args.center.const_data_ptr(),
-      args.dy_scale.const_data_ptr(),
-      args.x_scale.const_data_ptr(), args.shift.const_data_ptr(), dx.data_ptr(),
-      c10::cuda::getCurrentCUDAStream()));
-  return dx;
-}
-
 at::Tensor channel_norm_input_grad_cuda(const at::Tensor& grad_y, const at::Tensor& input,
                                         const at::Tensor& mean, const at::Tensor& scale,
                                         const at::Tensor& sum_dy, const at::Tensor& grad_mean,
@@ -134,7 +117,6 @@ TORCH_LIBRARY_IMPL(en_seg, CUDA, m) {
   m.impl("channel_moments", &channel_moments_cuda);
   m.impl("channel_affine", &channel_affine_cuda);
   m.impl("channel_affine_grad_sums", &channel_affine_grad_sums_cuda);
-  m.impl("channel_affine_input_grad", &channel_affine_input_grad_cuda);
   m.impl("channel_norm_input_grad", &channel_norm_input_grad_cuda);
 }
 

@@ -628,7 +628,7 @@ __global__ void __launch_bounds__(kTileC * kTileRows)
 }
 
 // ------------------------------------------------------------------------------------------
-// channel_affine and channel_affine_input_grad: elementwise passes
+// channel_affine and channel_norm_input_grad: elementwise passes
 
 
 // An elementwise op: coef(nc) reads the coefficients of row nc once; load<V>(i) reads the
@@ -965,24 +965,6 @@ cudaError_t launch_channel_affine_grad_sums(const void* grad_y, const void* x, D
           grad_sums_segments_kernel<V><<<grid, block, 0, stream>>>(dy, data, s.hw, s.c, seg,
                                                                    ctr, out);
         });
-  });
-}
-
-cudaError_t launch_channel_affine_input_grad(const void* grad_y, const void* x, DType dtype,
-                                             const Activation& s, const void* center,
-                                             const void* dy_scale, const void* x_scale,
-                                             const void* shift, void* grad_x,
-                                             cudaStream_t stream) {
-  if (empty(s)) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) {
-    using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
-    const InputGradOp<scalar_t> op{
-        static_cast<const scalar_t*>(grad_y), static_cast<const scalar_t*>(x),
-        static_cast<const acc_t*>(center),    static_cast<const acc_t*>(dy_scale),
-        static_cast<const acc_t*>(x_scale),   static_cast<const acc_t*>(shift),
-        static_cast<scalar_t*>(grad_x)};
-    return launch_elementwise<scalar_t>(op, s, stream);
   });
 }
 

@@ -51,13 +51,6 @@ cudaError_t launch_channel_affine_grad_sums(const void* grad_y, const void* x, D
                                             void* sum_dy, void* sum_dy_xc, void* workspace,
                                             unsigned* arrivals, cudaStream_t stream);
 
-// grad_x = dy_scale * dy + x_scale * (x - center) + shift per (n, c).
-cudaError_t launch_channel_affine_input_grad(const void* grad_y, const void* x, DType dtype,
-                                             const Activation& shape, const void* center,
-                                             const void* dy_scale, const void* x_scale,
-                                             const void* shift, void* grad_x,
-                                             cudaStream_t stream);
-
 // grad_x = scale * dy + (grad_mean - scale * sum_dy + 2 grad_var (x - mean)) / (H * W) per
 // (n, c).
 cudaError_t launch_channel_norm_input_grad(const void* grad_y, const void* x, DType dtype,
