@@ -214,6 +214,11 @@ def test_channel_affine(channel_op, in_every_order, shape, dtype, channels_last)
                            torch.contiguous_format)
 
 
+#: The emulated GPU's multiprocessors (bindings/channel_op.cpp), and the blocks of 256
+#: threads each holds at once: a reduction splits rows until its grid fills the GPU once.
+MULTIPROCESSORS, RESIDENT_BLOCKS = 132, 8
+
+
 @pytest.mark.parametrize('shape, channels_last, segments, fills', [
     ((2, 32, 256, 512), False, 17, True),  # the stem at batch 2, 512x1024: 64 rows
     ((1, 70, 100, 91), False, 3, True),    # 'widest': as far as 4096-value segments allow
