@@ -5,9 +5,11 @@ from objects whose ``__reduce__`` names the callable and its arguments; the ones
 that name a global under another module than its own (``os.system`` is ``posix.system``
 to the pickler) are assembled opcode by opcode.
 """
+import collections
 import copyreg
 import io
 import os
+import pickle
 import struct
 import subprocess
 import zipfile
@@ -313,7 +315,7 @@ def write_resource_corpus(directory: Path) -> Dict[str, Path]:
         'tuple_key_doubling': _value_in_dict(_doubling(64, b'tuple')),
         'list_doubling': _value_in_dict(_doubling(40, b'list')),
         'storage_beyond_record': _storage_pickle(2 ** 40),
-        'pickle_protocol_4': __import__('pickle').dumps({'meta': {}}, protocol=4),
+        'pickle_protocol_4': pickle.dumps({'meta': {}}, protocol=4),
     }
     base = io.BytesIO()
     torch.save({'w': torch.ones(1)}, base)
@@ -322,7 +324,7 @@ def write_resource_corpus(directory: Path) -> Dict[str, Path]:
     for name, data_pkl in pickles.items():
         _save_zip(paths[name], {**records, 'archive/data.pkl': data_pkl})
 
-    ordered = __import__('collections').OrderedDict(a=1)
+    ordered = collections.OrderedDict(a=1)
     ordered.get, ordered.keys = 'shadowed', 'shadowed'
     objects = {
         'bytearray_huge': {'meta': Call(bytearray, 2 ** 34)},
@@ -341,5 +343,5 @@ def write_resource_corpus(directory: Path) -> Dict[str, Path]:
     _zip_bomb(paths['pickle_zip_bomb'], 'archive/data.pkl', 2 ** 26)
     _save_zip(paths['zip_without_pickle'],
               {name: data for name, data in records.items() if not name.endswith('data.pkl')})
-    paths['bare_pickle'].write_bytes(__import__('pickle').dumps({'meta': {}}, protocol=2))
+    paths['bare_pickle'].write_bytes(pickle.dumps({'meta': {}}, protocol=2))
     return paths

@@ -335,3 +335,11 @@ def test_safetensors_export_loads_wherever_a_checkpoint_does(trained, data_root,
     result = run(['tools/train.py', CONFIG, '--work-dir', str(tmp_path / 'train'),
                   '--cfg-options', *small_run(data_root, max_iters=1), f'load_from={out}'])
     assert f'Load checkpoint from {out}' in result.stdout + result.stderr
+
+
+def test_a_counter_is_plain_data(tmp_path):
+    # mmengine's epoch-based loops keep a collections.Counter in the checkpoint.
+    from collections import Counter
+    path = tmp_path / 'counter.pth'
+    torch.save({'meta': {'seen': Counter(a=2, b=3)}}, path)
+    assert load_from_local(str(path))['meta']['seen'] == Counter(a=2, b=3)

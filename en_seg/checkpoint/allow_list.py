@@ -94,9 +94,26 @@ def _history_buffer_method(owner: Any, name: Any) -> Callable:
     return methods[name]
 
 
+def canonical_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` is numpy's own bool, integer, float or complex dtype of its type
+    code, nothing added (no fields, subarray, metadata or flags of its own)."""
+    if not isinstance(dtype, np.dtype) or dtype.kind not in NUMERIC_KINDS:
+        return False
+    own = np.dtype(dtype.str)
+    return (dtype.fields is None and dtype.subdtype is None and dtype.metadata is None
+            and not dtype.hasobject and dtype.flags == own.flags and dtype == own)
+
+
+def own_statistics(methods: Any) -> bool:
+    """Whether ``methods`` (a HistoryBuffer's ``statistics_methods``) maps names to
+    HistoryBuffer's own statistics methods only."""
+    own = statistics_methods()
+    return type(methods) is dict and all(
+        type(name) is str and own.get(name) is method for name, method in methods.items())
+
+
 def _check_numeric_dtype(dtype: Any, what: str) -> None:
-    if not (isinstance(dtype, np.dtype) and dtype.kind in NUMERIC_KINDS
-            and dtype.fields is None and dtype.subdtype is None):
+    if not canonical_dtype(dtype):
         kind = f'kind {shown(dtype.kind)}' if isinstance(dtype, np.dtype) else _kind(dtype)
         raise _refuse(f'{what} of a dtype of {kind}, or with fields or a subarray: only '
                       'bool, integer, float and complex numpy data may be loaded')
@@ -163,11 +180,7 @@ class _CheckedHistoryBuffer(HistoryBuffer):
                 _check_numeric_dtype(state[key].dtype, f'HistoryBuffer.{key}')
         if type(state.get('max_length', 0)) is not int:
             raise _refuse('HistoryBuffer.max_length that is not an int')
-        methods = statistics_methods()
-        pickled = state.get('statistics_methods', {})
-        if type(pickled) is not dict or any(
-                type(name) is not str or methods.get(name) is not method
-                for name, method in pickled.items()):
+        if not own_statistics(state.get('statistics_methods', {})):
             raise _refuse('HistoryBuffer statistics methods other than its own')
         HistoryBuffer.__setstate__(self, state)
         self.__class__ = HistoryBuffer

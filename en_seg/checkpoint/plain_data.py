@@ -22,22 +22,13 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-from .allow_list import HISTORY_BUFFER_STATE, NUMERIC_KINDS, statistics_methods
+from .allow_list import HISTORY_BUFFER_STATE, canonical_dtype, own_statistics
 from .errors import shown
 from .scan import Refusal
 
 _ATOMS = (str, bytes, bytearray, int, float, complex, bool, type(None), torch.dtype,
           torch.device)
 _SEQUENCES = (list, tuple, set, frozenset, torch.Size)
-
-
-def canonical_dtype(dtype: Any) -> bool:
-    """Whether ``dtype`` is numpy's own numeric dtype of its type code, nothing added."""
-    if not isinstance(dtype, np.dtype) or dtype.kind not in NUMERIC_KINDS:
-        return False
-    own = np.dtype(dtype.str)
-    return (dtype.fields is None and dtype.subdtype is None and dtype.metadata is None
-            and not dtype.hasobject and dtype.flags == own.flags and dtype == own)
 
 
 def _children(value: Any, where: str) -> Iterable[Tuple[Any, str]]:
@@ -63,9 +54,8 @@ def _children(value: Any, where: str) -> Iterable[Tuple[Any, str]]:
         return ((item, f'{where}[{i}]') for i, item in enumerate(value))
     if kind is HistoryBuffer:
         state = vars(value)
-        if set(state) - HISTORY_BUFFER_STATE or any(
-                statistics_methods().get(name) is not method
-                for name, method in state.get('statistics_methods', {}).items()):
+        if set(state) - HISTORY_BUFFER_STATE or not own_statistics(
+                state.get('statistics_methods', {})):
             raise Refusal(f'{where} is a HistoryBuffer with attributes mmengine does not write')
         return ((state[name], f'{where}.{name}') for name in ('_log_history', '_count_history',
                                                             'max_length') if name in state)

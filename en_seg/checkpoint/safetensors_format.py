@@ -12,8 +12,8 @@ import json
 from typing import Any, Dict, Mapping, Optional
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .errors import shown
 from .scan import Refusal
@@ -58,14 +58,13 @@ def load_safetensors(filename: str, map_location: Any = None) -> Dict[str, Any]:
     if not isinstance(device, (str, torch.device)):
         raise Refusal('a safetensors file loads onto a device: map_location must name one')
     try:
-        state_dict = load_file(filename, device=str(device))
-        with open(filename, 'rb') as file:  # the header: its 8-byte size, then JSON
-            size = int.from_bytes(file.read(8), 'little')
-            header = json.loads(file.read(size))
+        with safe_open(filename, framework='pt', device=str(device)) as weights:
+            state_dict = {name: weights.get_tensor(name) for name in weights.keys()}
+            metadata = weights.metadata() or {}
     except (SafetensorError, ValueError, OSError) as error:
         raise Refusal(f'it is not a valid safetensors file ({shown(str(error))})') from None
     meta = {}
-    text = (header.get('__metadata__') or {}).get(DATASET_META_KEY)
+    text = metadata.get(DATASET_META_KEY)
     if text is not None:
         try:
             meta['dataset_meta'] = json.loads(text)

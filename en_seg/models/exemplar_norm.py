@@ -4,7 +4,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch._subclasses.fake_tensor import is_fake
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ..ops import exemplar_norm, exemplar_ratios
 from .mixed_norm import _MixedNorm
@@ -206,7 +206,8 @@ class ExemplarNorm2d(_MixedNorm):
         of the model could not handle. Under torch.compile the graph returns real
         tensors, so no check is traced."""
         if not torch.compiler.is_compiling() and (
-                is_fake(ratios) or torch._C._functorch.is_functorch_wrapped_tensor(ratios)):
+                isinstance(ratios, FakeTensor)
+                or torch._C._functorch.is_functorch_wrapped_tensor(ratios)):
             self.__dict__['last_ratios'] = None
             return
         self.__dict__['last_ratios'] = (ratios.detach() if ratios.requires_grad else

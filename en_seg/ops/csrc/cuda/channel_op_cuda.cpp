@@ -38,15 +38,17 @@ cuda::Activation kernel_shape(const Activation& x) {
   return {x.n, x.c, x.hw, x.channels_last, multiprocessors};
 }
 
-// What a reduction needs besides its outputs (cuda::ReductionScratch): device scratch for
-// partial results, and zeroed arrival counters.
+// What a reduction needs besides its outputs: its shape (the split depends on the GPU),
+// and cuda::ReductionScratch's device scratch for partial results and zeroed arrival
+// counters.
 struct Reduction {
+  cuda::Activation shape;
   at::Tensor workspace;
   unsigned* arrivals;
 
-  explicit Reduction(const Activation& x) {
+  explicit Reduction(const Activation& x) : shape(kernel_shape(x)) {
     const cuda::ReductionScratch scratch =
-        cuda::reduction_scratch(kernel_shape(x), kernel_dtype(x.tensor.scalar_type()));
+        cuda::reduction_scratch(shape, kernel_dtype(x.tensor.scalar_type()));
     workspace = at::empty({scratch.workspace_bytes}, x.tensor.options().dtype(at::kByte));
     arrivals = scratch.arrivals > 0 ? arrival_counters(scratch.arrivals) : nullptr;
   }
@@ -58,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cuda(const at::Tensor& input)
   at::Tensor mean = empty_stats(x), var = empty_stats(x);
   const Reduction reduction(x);
   C10_CUDA_CHECK(cuda::launch_channel_moments(
-      x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()), kernel_shape(x),
+      x.tensor.const_data_ptr(), kernel_dtype(x.tensor.scalar_type()), reduction.shape,
       mean.data_ptr(), var.data_ptr(), reduction.workspace.data_ptr(), reduction.arrivals,
       c10::cuda::getCurrentCUDAStream()));
   return {mean, var};
@@ -87,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> channel_affine_grad_sums_cuda(const at::Tenso
   const Reduction reduction(x);
   C10_CUDA_CHECK(cuda::launch_channel_affine_grad_sums(
       args.grad_y.const_data_ptr(), x.tensor.const_data_ptr(),
-      kernel_dtype(x.tensor.scalar_type()), kernel_shape(x), args.center.const_data_ptr(),
+      kernel_dtype(x.tensor.scalar_type()), reduction.shape, args.center.const_data_ptr(),
       sum_dy.data_ptr(), sum_dy_xc.data_ptr(), reduction.workspace.data_ptr(),
       reduction.arrivals, c10::cuda::getCurrentCUDAStream()));
   return {sum_dy, sum_dy_xc};
